@@ -1,0 +1,71 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)`` (no code runs on load).
+
+A project checkpoint is a dict ``{"format": FORMAT, "state_dict": <reference layout>, "config": {...},
+"epoch": int, "metrics": [...], "opt_state": <tree>, ...}``. A plain reference ``state_dict`` (as saved by
+``torch.save(model.state_dict(), path)``) is accepted wherever weights are read.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError
+from .interop import from_state_dict, to_state_dict
+from .io import atomic_write
+from .model import Arch, Params, State
+
+FORMAT = "cifar100-func/1"
+
+
+def save_checkpoint(path: Path, params: Params, state: State, **fields: Any) -> None:
+    """Write ``{"format", "state_dict", **fields}`` to ``path`` atomically (tensors moved to the CPU)."""
+    payload = {"format": FORMAT, "state_dict": to_state_dict(params, state)}
+    payload.update(_to_cpu(fields))
+    atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def load_file(path: Path) -> dict:
+    """Read a checkpoint or state_dict file safely; every failure is a one-line ``CheckpointError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = " ".join(str(exc).split("\n")[0].split())[:200]
+        raise CheckpointError(f"checkpoint {str(path)!r} refused: it holds more than tensors ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} is truncated or corrupted ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def is_project_checkpoint(obj: dict) -> bool:
+    return obj.get("format") == FORMAT and isinstance(obj.get("state_dict"), dict)
+
+
+def load_weights(path: Path, arch: Arch) -> tuple[Params, State, dict]:
+    """(params, state, checkpoint dict) from a project checkpoint or a plain reference state_dict."""
+    obj = load_file(path)
+    sd = obj["state_dict"] if is_project_checkpoint(obj) else obj
+    if not all(isinstance(k, str) for k in sd):
+        raise CheckpointError(f"checkpoint {str(path)!r} is neither a project checkpoint nor a state_dict")
+    try:
+        params, state = from_state_dict(sd, arch)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return params, state, obj if is_project_checkpoint(obj) else {}
+
+
+def _to_cpu(obj: Any) -> Any:
+    return torch.utils._pytree.tree_map(lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, obj)
+
+
+def tree_to(tree: Any, device: torch.device | str) -> Any:
+    return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)

@@ -1,0 +1,68 @@
+"""What every command shares: the common flags, device choice, and the wrapper that turns user mistakes into
+one line on stderr and a non-zero exit (a traceback only with ``--debug``)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Callable, Sequence
+
+import torch
+
+from .config import Config, load_config
+from .errors import UserError
+
+DEFAULT_CONFIG = "configs/config.yaml"
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default: {DEFAULT_CONFIG})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in memory, e.g. --set train.optimizer.lr=0.005 (repeatable)")
+    p.add_argument("--data-root", default=None,
+                   help="folder that contains cifar-100-python/ (else $CIFAR100_ROOT, else dataset.root)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default: auto)")
+    p.add_argument("--seed", type=int, default=None, help="overrides train.seed")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The config from ``--config`` with ``--set`` and ``--seed`` applied."""
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    return load_config(args.config, overrides)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available on this machine (use --device cpu or auto)")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Call ``main(argv)``; map ``UserError`` to its exit code and SIGINT/SIGTERM to a clean exit 130."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return int(main(argv) or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("interrupted: finished files are intact; continue with --resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,237 @@
+"""CIFAR-100 (official "python version" layout) and a synthetic stand-in, as uint8 tensors, split once.
+
+The whole data set lives in memory as ``(N, 3, 32, 32)`` uint8 tensors (and later on the training device);
+no PIL and no per-image Python loop. Data pickles go through a restricted unpickler that only rebuilds
+numpy arrays, so a malicious file cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DatasetConfig
+from .errors import DataError
+from .seeding import derive_seed
+
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+FOLDER = "cifar-100-python"
+FILES = ("train", "test", "meta")
+ROOT_HINT = "pass --data-root DIR (the folder that contains cifar-100-python/) or set CIFAR100_ROOT"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images ``x`` (N, 3, 32, 32) uint8 and fine labels ``y`` (N,) int64, on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+    def head(self, n: int | None) -> "Split":
+        return self if n is None else Split(self.x[:n], self.y[:n])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The three splits of the study plus class metadata. ``synthetic`` marks generated data."""
+
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    coarse_names: list[str]
+    fine_to_coarse: torch.Tensor  # (num_classes,) int64
+    synthetic: bool
+    source: str  # where the data came from, for reports
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        return replace(self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device))
+
+
+# -------------------------------------------------------------------------------- safe unpickling
+class _ArrayUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, strings, numbers and numpy arrays; refuses every other global."""
+
+    _ALLOWED = {
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+
+
+def read_pickle(path: Path) -> dict:
+    """Load one data pickle through the restricted unpickler; any problem is a ``DataError`` naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read data file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        obj = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"data file {str(path)!r} is not a valid data pickle: {exc}") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
+        raise DataError(f"data file {str(path)!r} is truncated or corrupted ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"data file {str(path)!r}: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+# -------------------------------------------------------------------------------- locating the files
+def resolve_root(cli_root: str | None, cfg: DatasetConfig) -> Path:
+    """``--data-root`` beats ``CIFAR100_ROOT`` beats ``dataset.root`` beats ``./data``."""
+    root = cli_root or os.environ.get("CIFAR100_ROOT") or cfg.root or "data"
+    return Path(root).expanduser()
+
+
+def _folder(root: Path) -> Path | None:
+    """The folder holding train/test/meta: ``root/cifar-100-python`` or ``root`` itself."""
+    for cand in (root / FOLDER, root):
+        if all((cand / f).is_file() for f in FILES):
+            return cand
+    return None
+
+
+def find_cifar100(root: Path, download: bool) -> Path:
+    """Return the folder with the three files, downloading the official archive when allowed."""
+    folder = _folder(root)
+    if folder is not None:
+        return folder
+    if download:
+        _download(root)
+        folder = _folder(root)
+        if folder is not None:
+            return folder
+    where = root / FOLDER
+    missing = [f for f in FILES if not (where / f).is_file()]
+    if root.is_dir() and (where.is_dir()):
+        raise DataError(f"CIFAR-100 incomplete: {str(where)!r} lacks {', '.join(missing)}; {ROOT_HINT}")
+    raise DataError(
+        f"CIFAR-100 not found: looked for {str(where)!r} (with train, test, meta); {ROOT_HINT}, "
+        "or set dataset.download: true where a network is available"
+    )
+
+
+def _download(root: Path) -> None:
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        download_and_extract_archive(ARCHIVE_URL, download_root=str(root), md5=ARCHIVE_MD5)
+    except Exception as exc:  # noqa: BLE001 - any network/IO failure becomes one clear line
+        raise DataError(
+            f"CIFAR-100 download to {str(root)!r} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+            f"no network? {ROOT_HINT}"
+        ) from None
+
+
+# -------------------------------------------------------------------------------- reading
+def _images_and_labels(obj: dict, path: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    for key in ("data", "fine_labels", "coarse_labels"):
+        if key not in obj:
+            raise DataError(f"data file {str(path)!r} has no {key!r} entry")
+    data = obj["data"]
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"data file {str(path)!r}: 'data' must be a uint8 array of shape (N, 3072), got {shape}")
+    fine = np.asarray(obj["fine_labels"])
+    coarse = np.asarray(obj["coarse_labels"])
+    n = data.shape[0]
+    if fine.shape != (n,) or coarse.shape != (n,):
+        raise DataError(f"data file {str(path)!r}: {n} images but {fine.shape[0] if fine.ndim else 0} labels")
+    if n and (fine.min() < 0 or fine.max() >= num_classes):
+        raise DataError(f"data file {str(path)!r}: fine labels out of range 0..{num_classes - 1}")
+    x = torch.from_numpy(data.reshape(n, 3, 32, 32).copy())
+    return x, torch.from_numpy(fine.astype(np.int64)), coarse.astype(np.int64)
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded train/val split of ``n`` indices, identical to ``torch.utils.data.random_split``."""
+    if not 0 < val_size < n:
+        raise DataError(f"dataset.val_size: {val_size} must be between 1 and {n - 1} for {n} training images")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n - val_size], perm[n - val_size :]
+
+
+def load_cifar100(folder: Path, cfg: DatasetConfig) -> Dataset:
+    meta = read_pickle(folder / "meta")
+    names = meta.get("fine_label_names")
+    coarse_names = meta.get("coarse_label_names")
+    if not isinstance(names, list) or len(names) != cfg.num_classes or not isinstance(coarse_names, list):
+        raise DataError(f"data file {str(folder / 'meta')!r}: expected {cfg.num_classes} fine label names")
+    tx, ty, tcoarse = _images_and_labels(read_pickle(folder / "train"), folder / "train", cfg.num_classes)
+    sx, sy, _ = _images_and_labels(read_pickle(folder / "test"), folder / "test", cfg.num_classes)
+    fine_to_coarse = torch.zeros(cfg.num_classes, dtype=torch.int64)
+    fine_to_coarse[ty] = torch.from_numpy(tcoarse)
+    tr, va = split_indices(len(ty), cfg.val_size, cfg.split_seed)
+    return Dataset(
+        train=Split(tx[tr], ty[tr]).head(cfg.max_train),
+        val=Split(tx[va], ty[va]).head(cfg.max_val),
+        test=Split(sx, sy).head(cfg.max_test),
+        class_names=list(names),
+        coarse_names=list(coarse_names),
+        fine_to_coarse=fine_to_coarse,
+        synthetic=False,
+        source=str(folder),
+    )
+
+
+def make_synthetic(cfg: DatasetConfig, seed: int = 0) -> Dataset:
+    """A small generated data set with learnable class structure, for tests and demos.
+
+    Each class has a smooth random colour pattern (an 8x8 grid upsampled to 32x32); an image is its class
+    pattern plus per-pixel noise. Labels are balanced. It is clearly not CIFAR-100: ``synthetic=True``.
+    """
+    k = cfg.num_classes
+    g = torch.Generator().manual_seed(derive_seed(seed, "synthetic"))
+    protos = torch.rand(k, 3, 8, 8, generator=g)
+    protos = torch.nn.functional.interpolate(protos, size=32, mode="bilinear", align_corners=False)
+
+    def draw(n: int) -> Split:
+        y = torch.arange(n) % k
+        y = y[torch.randperm(n, generator=g)]
+        x = protos[y] + cfg.synthetic.noise * torch.randn(n, 3, 32, 32, generator=g)
+        return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
+
+    full, test = draw(cfg.synthetic.train_size), draw(cfg.synthetic.test_size)
+    tr, va = split_indices(len(full), cfg.val_size, cfg.split_seed)
+    return Dataset(
+        train=Split(full.x[tr], full.y[tr]).head(cfg.max_train),
+        val=Split(full.x[va], full.y[va]).head(cfg.max_val),
+        test=test.head(cfg.max_test),
+        class_names=[f"synthetic_{i}" for i in range(k)],
+        coarse_names=[f"synthetic_group_{i}" for i in range(max(1, k // 5))],
+        fine_to_coarse=torch.arange(k) // 5 % max(1, k // 5),
+        synthetic=True,
+        source="synthetic (generated, not CIFAR-100)",
+    )
+
+
+def load_dataset(cfg: DatasetConfig, data_root: str | None = None) -> Dataset:
+    """The configured data set on the CPU: real CIFAR-100 from disk, or the synthetic stand-in."""
+    if cfg.name == "synthetic":
+        return make_synthetic(cfg)
+    folder = find_cifar100(resolve_root(data_root, cfg), cfg.download)
+    return load_cifar100(folder, cfg)

@@ -1,0 +1,75 @@
+"""Batches straight from device-resident uint8 tensors: a seeded permutation per epoch, augmentation and
+normalisation as batched tensor code (the airbench way: no DataLoader, no worker processes, no PIL).
+
+Randomness for epoch ``e`` comes from generators seeded by ``(seed, "order"/"augment", e)``, so any epoch
+can be replayed on its own: this is what makes ``--resume`` give the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from . import augment as aug
+from .config import AugmentConfig, PreprocessConfig
+from .data import Split
+from .seeding import generator
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What turns uint8 batches into model inputs: normalisation stats, augmentation, memory format."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    augment: AugmentConfig
+    channels_last: bool = False
+
+    @staticmethod
+    def create(pre: PreprocessConfig, augment: AugmentConfig, device: torch.device | str,
+               channels_last: bool = False) -> "Pipeline":
+        return Pipeline(torch.tensor(pre.mean, device=device), torch.tensor(pre.std, device=device),
+                        augment, channels_last)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = aug.normalize(x, self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Full training batches per epoch (the last partial batch is dropped; one short batch if n < batch)."""
+    return max(1, n // batch_size)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=generator(seed, "order", epoch))
+
+
+def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augmented, normalised training batches of epoch ``epoch`` (from ``start_step`` on)."""
+    n = len(split)
+    device = split.x.device
+    order = epoch_order(n, seed, epoch)
+    params = None
+    if pipe.augment.enabled:
+        params = aug.sample_params(n, pipe.augment, generator(seed, "augment", epoch)).to(device)
+    order = order.to(device)
+    bs = min(batch_size, n)
+    for step in range(start_step, steps_per_epoch(n, batch_size)):
+        pos = torch.arange(step * bs, (step + 1) * bs, device=device)
+        idx = order[pos]
+        x = aug.to_float(split.x[idx])
+        if params is not None:
+            p = aug.AugmentParams(**{k: v[pos] for k, v in params.__dict__.items()})
+            x = aug.augment(x, p, pipe.augment)
+        yield pipe.finish(x), split.y[idx]
+
+
+def eval_batches(split: Split, pipe: Pipeline, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised batches in order, no augmentation, the last partial batch kept."""
+    for start in range(0, len(split), batch_size):
+        x = aug.to_float(split.x[start : start + batch_size])
+        yield pipe.finish(x), split.y[start : start + batch_size]

@@ -1,0 +1,52 @@
+"""Learning-rate schedules as pure functions of the step: ``factor(step) -> multiplier of the peak lr``.
+
+A multiplier (not an absolute lr) lets K stacked models with different peak lrs share one schedule.
+``onecycle`` and ``cosine`` follow ``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing, two phases)
+and ``CosineAnnealingLR``; tests compare them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .config import SchedulerConfig
+
+Schedule = Callable[[int], float]
+
+
+def constant() -> Schedule:
+    return lambda step: 1.0
+
+
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
+
+
+def cosine(total_steps: int, min_ratio: float = 0.0) -> Schedule:
+    """From 1 down to ``min_ratio`` over ``total_steps`` along half a cosine."""
+    return lambda step: _cos_anneal(1.0, min_ratio, min(step, total_steps) / total_steps)
+
+
+def onecycle(total_steps: int, warmup_pct: float = 0.25, div_factor: float = 25.0,
+             final_div_factor: float = 1e4) -> Schedule:
+    """Rise from 1/div_factor to 1 over ``warmup_pct`` of the steps, then fall to 1/(div*final_div)."""
+    start = 1.0 / div_factor
+    end = start / final_div_factor
+    peak_step = warmup_pct * total_steps - 1.0
+    last_step = total_steps - 1.0
+
+    def factor(step: int) -> float:
+        if step <= peak_step:
+            return _cos_anneal(start, 1.0, step / peak_step if peak_step > 0 else 1.0)
+        return _cos_anneal(1.0, end, min(1.0, (step - peak_step) / max(last_step - peak_step, 1e-12)))
+
+    return factor
+
+
+def make_schedule(cfg: SchedulerConfig, total_steps: int) -> Schedule:
+    if cfg.name == "cosine":
+        return cosine(total_steps, cfg.min_lr_ratio)
+    if cfg.name == "onecycle":
+        return onecycle(total_steps, cfg.warmup_pct, cfg.div_factor, cfg.final_div_factor)
+    return constant()
