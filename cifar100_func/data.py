@@ -91,7 +91,9 @@ def read_pickle(path: Path) -> dict:
     try:
         obj = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except pickle.UnpicklingError as exc:
-        raise DataError(f"data file {str(path)!r} is not a valid data pickle: {exc}") from None
+        if str(exc).startswith("refused"):
+            raise DataError(f"data file {str(path)!r} was not loaded: {exc} (only numpy arrays are allowed)") from None
+        raise DataError(f"data file {str(path)!r} is truncated or corrupted ({exc})") from None
     except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
         raise DataError(f"data file {str(path)!r} is truncated or corrupted ({type(exc).__name__})") from None
     if not isinstance(obj, dict):

@@ -44,8 +44,9 @@ def adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, decoup
     def update(grads: Tree, state: Tree, params: Tree, hp: Hparams) -> tuple[Tree, Tree]:
         lr, wd = hp["lr"], hp["weight_decay"]
         step = state["step"] + 1
-        step_size = lr / (1 - b1**step)
-        bc2_sqrt = torch.sqrt(1 - b2**step)
+        t = step.double()  # bias corrections in float64, as torch.optim (1 - 0.999**t loses digits in float32)
+        step_size = lr / (1 - b1**t).float()
+        bc2_sqrt = torch.sqrt(1 - b2**t).float()
 
         def leaf(g, p, m, v):
             if decoupled:
