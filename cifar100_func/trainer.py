@@ -132,8 +132,7 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
                               device_type=device.type)
     eval_step = make_eval_step(precision=tc.precision, device_type=device.type)
     if tc.compile:
-        step_fn = torch.compile(step_fn)
-        eval_step = torch.compile(eval_step)
+        step_fn = compiled(step_fn, log)
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, tc.channels_last)
     base_lr, wd = tc.optimizer.lr, tc.optimizer.weight_decay
     if files.run_dir is not None and metrics:
@@ -196,6 +195,24 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
             _write_metrics(files.run_dir, metrics)
             _write_curves(files.run_dir, metrics, run_name, data.synthetic)
     return FitResult(params, state, metrics, best_acc, best_epoch)
+
+
+def compiled(fn: Callable, log: Callable[[str], None] = print) -> Callable:
+    """``torch.compile(fn)``, falling back to eager (with one warning) where compilation is unavailable."""
+    fast = torch.compile(fn)
+    state = {"fn": fast, "first": True}
+
+    def call(*args):
+        if state["first"]:
+            state["first"] = False
+            try:
+                return fast(*args)
+            except Exception as exc:  # noqa: BLE001 - no compiler, unsupported backend...
+                log(f"warning: torch.compile failed ({type(exc).__name__}); training eagerly instead")
+                state["fn"] = fn
+        return state["fn"](*args)
+
+    return call
 
 
 def _check_finite(losses: torch.Tensor, epoch: int, steps: int, schedule, base_lr: float,

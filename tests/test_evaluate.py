@@ -1,0 +1,74 @@
+"""Evaluation of project checkpoints and of plain reference-layout state_dicts."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from benchmarks.reference import BottleneckNetRef
+
+
+def test_evaluate_reference_state_dict(run_cli, tiny_config, tmp_path):
+    torch.manual_seed(0)
+    ref = BottleneckNetRef((1, 1, 1), 4, num_classes=10)
+    path = tmp_path / "ref" / "model.pt"
+    path.parent.mkdir()
+    torch.save(ref.state_dict(), path)
+    code, out, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(path))
+    assert code == 0, err
+    result = json.loads((tmp_path / "ref" / "eval_test.json").read_text())
+    assert result["checkpoint_kind"] == "reference state_dict"
+    assert {"test_accuracy", "test_loss", "test_top5_accuracy"} <= set(result)
+    assert len(result["per_class_accuracy"]) == 10
+    cm = torch.tensor(result["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == result["num_test_images"] == 100
+    # the accuracy agrees with the reference module's own eval-mode predictions
+    from cifar100_func.config import load_config
+    from cifar100_func.data import load_dataset
+    from cifar100_func.loader import Pipeline, eval_batches
+
+    cfg = load_config(tiny_config())
+    data = load_dataset(cfg.dataset)
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, "cpu")
+    ref.eval()
+    with torch.no_grad():
+        correct = sum((ref(x).argmax(1) == y).sum().item() for x, y in eval_batches(data.test, pipe, 64))
+    assert result["test_accuracy"] == correct / 100
+    for name in ("confusion_test.png", "confusion_test_coarse.png"):
+        assert (tmp_path / "ref" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_project_checkpoint(run_cli, tiny_config, tmp_path):
+    cfg = str(tiny_config())
+    assert run_cli("train", "--config", cfg)[0] == 0
+    code, out, err = run_cli("evaluate", "--config", cfg)  # default: <artifacts_dir>/best.ckpt
+    assert code == 0, err
+    result = json.loads((tmp_path / "artifacts" / "eval_test.json").read_text())
+    assert result["checkpoint_kind"] == "project checkpoint" and result["dataset"] == "synthetic"
+
+
+def test_wrong_architecture_names_key_and_shapes(run_cli, tiny_config, tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(BottleneckNetRef((1, 1, 1), 8, num_classes=10).state_dict(), path)
+    code, _, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(path))
+    assert code == 2 and "layer1.0.conv1.weight" in err and "(8, 64, 1, 1)" in err and "(4, 64, 1, 1)" in err
+
+
+def test_truncated_and_malicious_checkpoints(run_cli, tiny_config, tmp_path):
+    cfg = str(tiny_config())
+    good = tmp_path / "good.pt"
+    torch.save(BottleneckNetRef((1, 1, 1), 4, num_classes=10).state_dict(), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:3000])
+    code, _, err = run_cli("evaluate", "--config", cfg, "--checkpoint", str(cut))
+    assert code == 2 and "truncated or corrupted" in err
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, bad)
+    code, out, err = run_cli("evaluate", "--config", cfg, "--checkpoint", str(bad))
+    assert code == 2 and "refused" in err and "pwned" not in out
