@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "train": "final training run on the standard path (one model)",
     "evaluate": "test-set metrics and confusion matrices of a checkpoint",
+    "grid_search": "the hyper-parameter grid, stacked models under torch.func.vmap",
 }
 
 

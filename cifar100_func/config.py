@@ -144,7 +144,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     epochs: int = 20
     label_smoothing: float = 0.0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp64"] = "fp32"  # fp64: for numerical checks
     channels_last: bool = False
     compile: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

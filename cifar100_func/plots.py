@@ -55,3 +55,60 @@ def confusion_matrix_figure(cm: np.ndarray, names: Sequence[str], path: Path, ti
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     save_figure(fig, path)
+
+
+def _arch_label(row: dict) -> str:
+    return f"blocks {tuple(row['blocks'])}, mid {row['mid']}"
+
+
+def grid_curves(rows: Sequence[dict], split: str, path: Path, synthetic: bool) -> None:
+    """One panel per architecture; colour = lr, line style = weight decay; loss on top, accuracy below."""
+    archs = sorted({_arch_label(r) for r in rows})
+    lrs = sorted({r["lr"] for r in rows})
+    wds = sorted({r["weight_decay"] for r in rows})
+    colours = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(lrs), 1)))
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(2, len(archs), figsize=(4.2 * len(archs), 7), squeeze=False, sharex=True)
+    for col, arch in enumerate(archs):
+        for r in (r for r in rows if _arch_label(r) == arch):
+            epochs = [h["epoch"] for h in r["history"]]
+            style = dict(color=colours[lrs.index(r["lr"])], linestyle=styles[wds.index(r["weight_decay"]) % 4],
+                         marker="o", markersize=3, label=f"lr {r['lr']:g}, wd {r['weight_decay']:g}"
+                         + (" (diverged)" if r["diverged"] else ""))
+            axes[0, col].plot(epochs, [h[f"{split}_loss"] for h in r["history"]], **style)
+            axes[1, col].plot(epochs, [100 * h[f"{split}_acc"] for h in r["history"]], **style)
+        axes[0, col].set_title(arch, fontsize=10)
+        axes[1, col].set_xlabel("epoch")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel(f"{split} loss")
+    axes[1, 0].set_ylabel(f"{split} accuracy (%)")
+    axes[1, -1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"grid search: {split} curves of {len(rows)} runs" + (" [SYNTHETIC DATA]" if synthetic else ""))
+    save_figure(fig, path)
+
+
+def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
+    """Final validation accuracy over (lr, weight decay), one heat-map per architecture."""
+    archs = sorted({_arch_label(r) for r in rows})
+    lrs = sorted({r["lr"] for r in rows})
+    wds = sorted({r["weight_decay"] for r in rows})
+    fig, axes = plt.subplots(1, len(archs), figsize=(3.6 * len(archs), 3.4), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        grid = np.full((len(wds), len(lrs)), np.nan)
+        for r in rows:
+            if _arch_label(r) == arch:
+                grid[wds.index(r["weight_decay"]), lrs.index(r["lr"])] = 100 * r["final_val_acc"]
+        im = ax.imshow(grid, cmap="magma", origin="lower", aspect="auto")
+        for (i, j), v in np.ndenumerate(grid):
+            if not np.isnan(v):
+                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                        color="white" if v < np.nanmean(grid) else "black")
+        ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
+        ax.set_xlabel("lr")
+        ax.set_ylabel("weight decay")
+        ax.set_title(arch, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.suptitle("final validation accuracy (%)" + (" [SYNTHETIC DATA]" if synthetic else ""))
+    save_figure(fig, path)

@@ -27,12 +27,21 @@ def autocast(precision: str, device_type: str):
     return contextlib.nullcontext()
 
 
+def cast_tree(tree: Any, precision: str) -> Any:
+    """Floating-point leaves to float64 for ``precision == "fp64"`` (numerical checks); unchanged otherwise."""
+    if precision != "fp64":
+        return tree
+    return torch.utils._pytree.tree_map(lambda t: t.double() if t.is_floating_point() else t, tree)
+
+
 def make_train_step(optimizer: Optimizer, *, label_smoothing: float = 0.0, precision: str = "fp32",
                     device_type: str = "cpu") -> TrainStep:
     def loss_fn(params, state, x, y):
+        if precision == "fp64":
+            x = x.double()
         with autocast(precision, device_type):
             logits, new_state = model.apply(params, state, x, train=True)
-        logits = logits.float()
+        logits = logits.double() if precision == "fp64" else logits.float()
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         correct = (logits.argmax(dim=-1) == y).sum()
         return loss, (new_state, correct)
@@ -49,6 +58,8 @@ def make_eval_step(*, precision: str = "fp32", device_type: str = "cpu") -> Call
     """``eval_step(params, state, x, y) -> (loss_sum, correct, top5_correct, predictions)`` in eval mode."""
 
     def eval_step(params, state, x, y):
+        if precision == "fp64":
+            x = x.double()
         with autocast(precision, device_type):
             logits, _ = model.apply(params, state, x, train=False)
         logits = logits.float()

@@ -27,7 +27,7 @@ from .loader import Pipeline, eval_batches, steps_per_epoch, train_batches
 from .optim import hyperparams, make_optimizer
 from .schedules import make_schedule
 from .seeding import generator
-from .step import make_eval_step, make_train_step
+from .step import cast_tree, make_eval_step, make_train_step
 
 # config keys that may change between an interrupted run and its --resume without changing the result
 RESUME_FREE_KEYS = ("train.epochs", "paths.", "dataset.root", "dataset.download", "train.compile")
@@ -49,6 +49,7 @@ class FitResult:
     metrics: list[dict] = field(default_factory=list)
     best_val_acc: float = -1.0
     best_epoch: int = 0
+    step_losses: list[float] = field(default_factory=list)  # every training step of this session, in order
 
 
 def arch_from(cfg: Config, num_classes: int) -> model.Arch:
@@ -124,9 +125,9 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
     else:
         params, state = model.init(arch, generator(tc.seed, "init"))
         opt_state = optimizer.init(params)
-    params = to_memory_format(tree_to(params, device), tc.channels_last)
-    state = tree_to(state, device)
-    opt_state = to_memory_format(tree_to(opt_state, device), tc.channels_last)
+    params = to_memory_format(tree_to(cast_tree(params, tc.precision), device), tc.channels_last)
+    state = tree_to(cast_tree(state, tc.precision), device)
+    opt_state = to_memory_format(tree_to(cast_tree(opt_state, tc.precision), device), tc.channels_last)
 
     step_fn = make_train_step(optimizer, label_smoothing=tc.label_smoothing, precision=tc.precision,
                               device_type=device.type)
@@ -138,9 +139,10 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
     if files.run_dir is not None and metrics:
         _write_metrics(files.run_dir, metrics)
 
+    step_losses: list[float] = []
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
-        losses = torch.zeros(steps, device=device)
+        losses = torch.zeros(steps, device=device, dtype=torch.float64 if tc.precision == "fp64" else torch.float32)
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step", leave=False,
@@ -177,6 +179,7 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
             "dataset": label,
         }
         metrics.append(record)
+        step_losses += losses.tolist()
         improved = record["val_acc"] > best_acc
         if improved:
             best_acc, best_epoch = record["val_acc"], epoch + 1
@@ -194,7 +197,7 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
         if files.run_dir is not None:
             _write_metrics(files.run_dir, metrics)
             _write_curves(files.run_dir, metrics, run_name, data.synthetic)
-    return FitResult(params, state, metrics, best_acc, best_epoch)
+    return FitResult(params, state, metrics, best_acc, best_epoch, step_losses)
 
 
 def compiled(fn: Callable, log: Callable[[str], None] = print) -> Callable:

@@ -1,0 +1,139 @@
+"""The stacked (vmapped) grid equals sequential runs on the standard path; divergence stays contained."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves
+
+from cifar100_func import grid_search, model, trainer
+from cifar100_func.config import load_config
+from cifar100_func.data import load_dataset
+from cifar100_func.stacked import Member, fit_stack, unstack
+
+DEV = torch.device("cpu")
+CONFIGS = [(0.001, 0.0), (0.003, 5e-4), (0.01, 1e-3)]
+
+
+def _setup(tiny_config, extra=None):
+    cfg = load_config(tiny_config(extra))
+    data = load_dataset(cfg.dataset)
+    return cfg, data, trainer.arch_from(cfg, data.num_classes)
+
+
+def _sequential(cfg, data, lr, wd, seed, epochs):
+    c = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, seed=seed, epochs=epochs,
+        optimizer=dataclasses.replace(cfg.train.optimizer, lr=lr, weight_decay=wd)))
+    return trainer.fit(c, data, DEV, progress=False, log=lambda s: None)
+
+
+@pytest.mark.parametrize("independent", [False, True])
+@pytest.mark.parametrize(
+    "precision, optimizer, steps, epochs, rtol, atol, check_params",
+    [("fp64", "adam", 6, 2, 1e-7, 1e-9, True), ("fp32", "adam", 3, 1, 1e-4, 1e-5, False)],
+)
+def test_stack_equals_sequential_runs(tiny_config, independent, precision, optimizer, steps, epochs, rtol, atol,
+                                      check_params):
+    """Stacked vs one-by-one: every step's loss, the final params and BN state.
+
+    vmap runs grouped kernels that round differently from one model alone, and training a BN net amplifies that
+    rounding about 3x per step (with Adam a near-zero gradient's sign decides a full lr-sized step), so after a
+    few fp32 steps single weights differ by ~1e-4 absolute. Hence: fp32, 3 steps, every loss within rtol 1e-4;
+    fp64, 2 epochs, every loss, weight and BN statistic within rtol 1e-7 (the maths is the same).
+    """
+    cfg, data, arch = _setup(tiny_config, {"train": {"precision": precision, "optimizer": {"name": optimizer}},
+                                           "dataset": {"synthetic": {"train_size": 100 + 32 * steps}}})
+    seeds = [7 + i if independent else 7 for i in range(3)]
+    members = [Member(f"m{i}", lr, wd, s) for i, ((lr, wd), s) in enumerate(zip(CONFIGS, seeds))]
+    res = fit_stack(cfg, data, DEV, arch, members, epochs, shared_data=not independent, progress=False)
+    for j, ((lr, wd), seed) in enumerate(zip(CONFIGS, seeds)):
+        seq = _sequential(cfg, data, lr, wd, seed, epochs)
+        torch.testing.assert_close(res.step_losses[:, j], torch.tensor(seq.step_losses, dtype=res.step_losses.dtype),
+                                   rtol=rtol, atol=atol)
+        if not check_params:
+            continue
+        stacked = tree_leaves((unstack(res.params, j), unstack(res.state, j)))
+        for a, b in zip(stacked, tree_leaves((seq.params, seq.state))):
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol * 10)
+        for m_stack, m_seq in zip(res.metrics[j], seq.metrics):
+            assert m_stack["val_acc"] == pytest.approx(m_seq["val_acc"], abs=0.011)
+            assert m_stack["val_loss"] == pytest.approx(m_seq["val_loss"], rel=1e-3)
+
+
+def test_diverging_member_is_frozen_and_the_others_are_untouched(tiny_config):
+    cfg, data, arch = _setup(tiny_config, {"train": {"optimizer": {"name": "sgd"}}})
+    good = [Member("a", 0.01, 0.0, 3), Member("c", 0.02, 5e-4, 3)]
+    bad = Member("boom", 90.0, 0.0, 3)
+    sane = Member("sane", 0.05, 0.0, 3)
+    with_bad = fit_stack(cfg, data, DEV, arch, [good[0], bad, good[1]], 2, shared_data=True, progress=False)
+    with_sane = fit_stack(cfg, data, DEV, arch, [good[0], sane, good[1]], 2, shared_data=True, progress=False)
+    assert with_bad.diverged_at[1] is not None and with_bad.diverged_at[0] is None and with_bad.diverged_at[2] is None
+    assert with_bad.metrics[1][-1]["diverged"] and not with_bad.metrics[0][-1]["diverged"]
+    for j in (0, 2):  # bit-identical to a stack whose middle member behaved
+        assert torch.equal(with_bad.step_losses[:, j], with_sane.step_losses[:, j])
+        for a, b in zip(tree_leaves(unstack(with_bad.params, j)), tree_leaves(unstack(with_sane.params, j))):
+            assert torch.equal(a, b)
+    # the frozen member keeps finite weights (its last good update)
+    assert all(torch.isfinite(t).all() for t in tree_leaves(unstack(with_bad.params, 1)))
+
+
+def test_max_stack_and_grouping_do_not_change_results(tiny_config):
+    """fp64, so that only a real dependence on the stacking (not fp32 rounding of other kernels) could fail."""
+    cfg, data, _ = _setup(tiny_config, {"hparams": {"lr": [0.001, 0.003, 0.01], "weight_decay": [0.0]},
+                                        "train": {"precision": "fp64"},
+                                        "dataset": {"synthetic": {"train_size": 228}}})
+    points = grid_search.expand(cfg)
+    rows_all = grid_search.run_grid(cfg, data, DEV, points, None, progress=False, log=lambda s: None)
+    cfg2 = dataclasses.replace(cfg, grid=dataclasses.replace(cfg.grid, max_stack=2))
+    rows_cut = grid_search.run_grid(cfg2, data, DEV, points, None, progress=False, log=lambda s: None)
+    for a, b in zip(rows_all, rows_cut):
+        assert a["config"] == b["config"]
+        assert a["final_val_acc"] == b["final_val_acc"]
+        assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"], rel=1e-9)
+
+
+def test_grid_command_outputs(run_cli, tiny_config, tmp_path):
+    cfg = tiny_config({"hparams": {"lr": [0.003, 10.0], "weight_decay": [0.0, 5e-4], "blocks": [[1, 1, 1], [1, 1, 2]],
+                                   "bottleneck_mid": [4]}, "grid": {"save_checkpoints": True}})
+    code, out, err = run_cli("grid_search", "--config", str(cfg))
+    assert code == 0, err
+    d = tmp_path / "runs" / "grid_search"
+    lines = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and {"config", "lr", "weight_decay", "blocks", "mid", "val_acc", "train_loss"} <= set(lines[0])
+    rows = list(csv.DictReader((d / "results.csv").open()))
+    assert len(rows) == 8 and sorted(int(r["rank"]) for r in rows) == list(range(1, 9))
+    assert "best:" in out and "| rank |" in (d / "results.md").read_text()
+    for name in ("grid_search_train.png", "grid_search_val.png", "grid_search_heatmap.png"):
+        assert (d / name).read_bytes()[:4] == b"\x89PNG"
+    assert len(list((d / "ckpt").glob("*.ckpt"))) == 8
+    assert not (tmp_path / "artifacts" / "best.ckpt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "tiny.yaml"]  # no stray config files
+
+
+def test_only_filter_and_errors(run_cli, tiny_config, tmp_path):
+    cfg = tiny_config({"hparams": {"blocks": [[1, 1, 1], [1, 1, 2]]}})
+    code, out, err = run_cli("grid_search", "--config", str(cfg), "--only", "model.blocks=[1,1,2]")
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "runs" / "grid_search" / "results.csv").open()))
+    assert {r["blocks"] for r in rows} == {"1-1-2"} and len(rows) == 2
+    code, _, err = run_cli("grid_search", "--config", str(cfg), "--only", "model.depth=3")
+    assert code == 2 and "model.depth" in err
+    code, _, err = run_cli("grid_search", "--config", str(cfg), "--only", "model.blocks=[9,9,9]")
+    assert code == 2 and "matches none" in err
+
+
+@pytest.mark.realdata
+def test_full_grid_on_a_few_real_images(run_cli, real_root, tmp_path):
+    code, out, err = run_cli(
+        "grid_search", "--config", "configs/config.yaml", "--data-root", str(real_root),
+        "--set", "dataset.max_train=128", "--set", "dataset.max_val=100", "--set", "grid.epochs=1",
+        "--set", "train.compile=false", "--set", f"paths.runs_dir={tmp_path}/runs")
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "runs" / "grid_search" / "results.csv").open()))
+    assert len(rows) == 24
+    assert {int(r["params"]) for r in rows} == {337_252, 244_516, 892_836, 611_492}
