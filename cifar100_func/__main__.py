@@ -6,6 +6,10 @@ import importlib
 import sys
 
 COMMANDS = {
+    "study": "the whole study in order, then report/REPORT.md (cached stages)",
+    "sanity": "sanity checks: splits, class balance, initial loss, baselines, FLOPs, augmented samples",
+    "overfit": "learn a tiny training subset by heart (fails loudly when something is broken)",
+    "lr_finder": "learning-rate range test, several seeds stacked under torch.func.vmap",
     "train": "final training run on the standard path (one model)",
     "evaluate": "test-set metrics and confusion matrices of a checkpoint",
     "grid_search": "the hyper-parameter grid, stacked models under torch.func.vmap",

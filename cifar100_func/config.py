@@ -197,12 +197,78 @@ class GridConfig:
 
 
 @dataclass
+class LrFinderConfig:
+    start: float = 1e-7
+    end: float = 1.0
+    seeds: int = 3  # stacked under vmap; the curve is their mean with a min-max band
+    stop_factor: float = 4.0  # stop once the smoothed loss exceeds stop_factor x its minimum
+    smoothing: float = 0.98  # EMA factor of the smoothed loss
+    max_steps: Optional[int] = None  # default: one epoch of batches
+
+    def validate(self) -> None:
+        _range("lr_finder.start", self.start, 0.0, 100.0, low_open=True)
+        _range("lr_finder.end", self.end, self.start, 1000.0, low_open=True)
+        _range("lr_finder.seeds", self.seeds, 1, 64)
+        _range("lr_finder.stop_factor", self.stop_factor, 1.0, 1e6, low_open=True)
+        _range("lr_finder.smoothing", self.smoothing, 0.0, 1.0, high_open=True)
+        if self.max_steps is not None:
+            _range("lr_finder.max_steps", self.max_steps, 5, 10**7)
+
+
+@dataclass
+class OverfitConfig:
+    """SPEC experiment 2: a tiny training subset must be learnt by heart, else something is broken."""
+
+    num_train: int = 50
+    blocks: tuple[int, int, int] = (2, 2, 2)
+    bottleneck_mid: int = 16
+    lr: float = 0.001
+    weight_decay: float = 0.0
+    epochs: int = 50
+    augment: bool = False
+    target_acc: float = 0.98
+
+    def validate(self) -> None:
+        _range("overfit.num_train", self.num_train, 2, 10**6)
+        for i, b in enumerate(self.blocks):
+            _range(f"overfit.blocks[{i}]", b, 1, 64)
+        _range("overfit.bottleneck_mid", self.bottleneck_mid, 1, 4096)
+        _range("overfit.lr", self.lr, 0.0, 100.0, low_open=True)
+        _range("overfit.weight_decay", self.weight_decay, 0.0, 10.0)
+        _range("overfit.epochs", self.epochs, 1, 100000)
+        _range("overfit.target_acc", self.target_acc, 0.0, 1.0)
+
+
+@dataclass
+class SanityConfig:
+    num_samples: int = 8  # images shown before/after augmentation
+
+    def validate(self) -> None:
+        _range("sanity.num_samples", self.num_samples, 1, 64)
+
+
+@dataclass
+class StudyConfig:
+    """The whole study in one command (``cifar100_func.study``)."""
+
+    profile: str = "full"  # a name printed in the report ("quick" says plainly that it is a reduced run)
+    description: str = "the study as SPEC.md states it"
+    final_from: Literal["grid", "config"] = "grid"  # final run: the grid's best configuration, or train/model as set
+    final_epochs: Optional[int] = None  # default: train.epochs
+
+    def validate(self) -> None:
+        if self.final_epochs is not None:
+            _range("study.final_epochs", self.final_epochs, 1, 100000)
+
+
+@dataclass
 class PathsConfig:
     runs_dir: str = "runs"
     artifacts_dir: str = "artifacts"
+    report_dir: str = "report"
 
     def validate(self) -> None:
-        for key in ("runs_dir", "artifacts_dir"):
+        for key in ("runs_dir", "artifacts_dir", "report_dir"):
             if not getattr(self, key):
                 raise ConfigError(f"paths.{key}: must not be empty")
 
@@ -216,6 +282,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     hparams: HparamsConfig = field(default_factory=HparamsConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    lr_finder: LrFinderConfig = field(default_factory=LrFinderConfig)
+    overfit: OverfitConfig = field(default_factory=OverfitConfig)
+    sanity: SanityConfig = field(default_factory=SanityConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def validate(self) -> None:

@@ -27,7 +27,7 @@ from .checkpoint import save_checkpoint
 from .config import Config, parse_override, save_snapshot
 from .data import Dataset, load_dataset
 from .errors import ConfigError
-from .io import atomic_write_text, ensure_dir
+from .io import atomic_write_json, atomic_write_text, ensure_dir
 from .stacked import Member, fit_stack, unstack
 
 ONLY_KEYS = {
@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = run_grid(cfg, data.to(device), device, points, out_dir)
     write_tables(rows, out_dir, data.synthetic)
+    atomic_write_json(out_dir / "results.json", rows)
     from .plots import grid_curves, grid_heatmaps
 
     grid_curves(rows, "train", out_dir / "grid_search_train.png", data.synthetic)

@@ -112,3 +112,72 @@ def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.suptitle("final validation accuracy (%)" + (" [SYNTHETIC DATA]" if synthetic else ""))
     save_figure(fig, path)
+
+
+def lr_finder_figure(res: dict, path: Path, synthetic: bool) -> None:
+    """Smoothed loss vs lr (log x): mean of the seeds with a min-max band, suggestions marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lrs, sm = res["lrs"], res["smoothed"]
+    if len(lrs):
+        ax.fill_between(lrs, sm.min(axis=1), sm.max(axis=1), alpha=0.25, label=f"min-max over {sm.shape[1]} seeds")
+        ax.plot(lrs, sm.mean(axis=1), lw=1.8, label="smoothed loss (mean)")
+    for key, colour, text in (("steepest_descent_lr", "tab:green", "steepest descent"),
+                              ("upper_bound_lr", "tab:red", "upper bound (loss starts to rise)")):
+        if key in res:
+            ax.axvline(res[key], color=colour, ls="--", label=f"{text}: {res[key]:.2g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    if len(lrs):
+        top = float(np.nanpercentile(sm.max(axis=1), 95))
+        ax.set_ylim(max(0.0, float(sm.min()) - 0.2), top + 0.3)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    ax.set_title("LR finder" + (" [SYNTHETIC DATA]" if synthetic else ""))
+    save_figure(fig, path)
+
+
+def overfit_figures(metrics: Sequence[dict], out_dir: Path, synthetic: bool, n: int) -> None:
+    tag = " [SYNTHETIC DATA]" if synthetic else ""
+    epochs = [m["epoch"] for m in metrics]
+    for key, name, label in (("train_loss", "overfit_train_loss.png", "train loss"),
+                             ("train_acc", "overfit_train_acc.png", "train accuracy (%)")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        values = [m[key] * (100 if "acc" in key else 1) for m in metrics]
+        ax.plot(epochs, values, "-o", markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"overfit check on {n} training images: {label}{tag}")
+        ax.grid(alpha=0.3)
+        save_figure(fig, out_dir / name)
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(epochs, [m["val_loss"] for m in metrics], "-o", markersize=3, color="tab:blue", label="val loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("val loss", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(epochs, [100 * m["val_acc"] for m in metrics], "-s", markersize=3, color="tab:orange", label="val acc")
+    ax2.set_ylabel("val accuracy (%)", color="tab:orange")
+    ax1.set_title(f"overfit check: validation stays poor{tag}")
+    ax1.grid(alpha=0.3)
+    save_figure(fig, out_dir / "overfit_val_metrics.png")
+
+
+def augmented_samples_figure(before: np.ndarray, after: np.ndarray, names: Sequence[str], path: Path,
+                             synthetic: bool) -> None:
+    """Row 1: original images; rows 2..: the same images under independent augmentation draws."""
+    rows, n = after.shape[0] + 1, before.shape[0]
+    fig, axes = plt.subplots(rows, n, figsize=(1.6 * n, 1.75 * rows), squeeze=False)
+    for j in range(n):
+        axes[0, j].imshow(before[j])
+        axes[0, j].set_title(names[j], fontsize=7)
+        for r in range(1, rows):
+            axes[r, j].imshow(after[r - 1, j])
+        for r in range(rows):
+            axes[r, j].axis("off")
+    axes[0, 0].text(-0.15, 0.5, "original", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right")
+    for r in range(1, rows):
+        axes[r, 0].text(-0.15, 0.5, f"augmented #{r}", transform=axes[r, 0].transAxes, rotation=90, va="center",
+                        ha="right")
+    fig.suptitle("training images before and after augmentation (crop, flip, colour jitter)"
+                 + (" [SYNTHETIC DATA]" if synthetic else ""), fontsize=9)
+    save_figure(fig, path)

@@ -1,0 +1,87 @@
+"""``python -m cifar100_func.overfit``: SPEC experiment 2, learn a tiny training subset by heart.
+
+N training images (default 50), blocks (2,2,2), mid 16, lr 1e-3, wd 0, 50 epochs, augmentation off (all in the
+``overfit`` section). Train accuracy must reach ``overfit.target_acc`` (0.98) while validation stays poor; when
+it does not, something in the data, model or optimiser is broken, and the command exits with code 1.
+Runs the standard training loop (:func:`.trainer.fit`) on a derived config; nothing is written but
+``<runs_dir>/overfit/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import cli
+from .config import Config, save_snapshot
+from .data import load_dataset
+from .errors import UserError
+from .io import ensure_dir
+from .trainer import fit
+
+
+class OverfitFailed(UserError):
+    exit_code = 1
+
+
+def overfit_config(cfg: Config) -> Config:
+    """The config of the check: the main config with the ``overfit`` section's values swapped in."""
+    o = cfg.overfit
+    return dataclasses.replace(
+        cfg,
+        dataset=dataclasses.replace(cfg.dataset, max_train=o.num_train),
+        augment=dataclasses.replace(cfg.augment, enabled=o.augment),
+        model=dataclasses.replace(cfg.model, blocks=o.blocks, bottleneck_mid=o.bottleneck_mid),
+        train=dataclasses.replace(cfg.train, epochs=o.epochs, compile=False, scheduler=dataclasses.replace(
+            cfg.train.scheduler, name="none"), optimizer=dataclasses.replace(
+            cfg.train.optimizer, lr=o.lr, weight_decay=o.weight_decay)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.base_parser("cifar100_func.overfit", "Overfit a tiny training subset (SPEC experiment 2).")
+    args = p.parse_args(argv)
+    cfg = overfit_config(cli.load(args))
+    device = cli.resolve_device(args.device)
+    data = load_dataset(cfg.dataset, args.data_root)
+    out_dir = ensure_dir(Path(cfg.paths.runs_dir) / "overfit")
+    save_snapshot(cfg, out_dir / "config.yaml")
+    o = cfg.overfit
+    tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else "CIFAR-100"
+    print(f"{tag}: overfit {len(data.train)} training images, blocks {list(o.blocks)}, mid {o.bottleneck_mid}, "
+          f"lr {o.lr:g}, wd {o.weight_decay:g}, {o.epochs} epochs, augmentation {'on' if o.augment else 'off'}",
+          flush=True)
+    log_every = max(1, o.epochs // 10)
+    res = fit(cfg, data.to(device), device, run_name="overfit",
+              log=lambda line: None if ("epoch" in line and not _show(line, log_every, o.epochs)) else print(line))
+    from .io import atomic_write_json
+    from .plots import overfit_figures
+
+    overfit_figures(res.metrics, out_dir, data.synthetic, len(data.train))
+    last = res.metrics[-1]
+    summary = {"num_train": len(data.train), "final_train_acc": last["train_acc"], "final_train_loss": last["train_loss"],
+               "final_val_acc": last["val_acc"], "final_val_loss": last["val_loss"], "target_acc": o.target_acc,
+               "passed": last["train_acc"] >= o.target_acc, "metrics": res.metrics,
+               "dataset": "synthetic" if data.synthetic else "cifar100"}
+    atomic_write_json(out_dir / "overfit.json", summary)
+    print(f"final train acc {last['train_acc']:.4f} (loss {last['train_loss']:.4f}); val acc {last['val_acc']:.4f}; "
+          f"figures in {out_dir}")
+    if not summary["passed"]:
+        raise OverfitFailed(
+            f"overfit check failed: train accuracy {last['train_acc']:.4f} < target {o.target_acc} after {o.epochs} "
+            f"epochs on {len(data.train)} images; the model, data or optimiser is broken (or the lr is off)")
+    return 0
+
+
+def _show(line: str, every: int, total: int) -> bool:
+    try:
+        epoch = int(line.split("epoch ", 1)[1].split("/", 1)[0])
+    except (IndexError, ValueError):
+        return True
+    return epoch % every == 0 or epoch in (1, total)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_command(main))

@@ -1,0 +1,183 @@
+"""``report/REPORT.md``: the study's report, every number read from this run's outputs.
+
+Same sections as the original report (data, model, baselines, initial loss, overfit, LR finder, grid, final
+curves, test metrics, reproducibility), figures embedded by relative path, and a table that puts the reference
+report's claims beside what this run measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import Config
+from .io import atomic_write_text, read_jsonl
+
+# what the original report claimed (SPEC.md says which were checked and what was found)
+REFERENCE = {
+    "test_accuracy": "58.4%", "test_loss": "1.54", "initial_loss": "3.95 (not an initial loss, SPEC.md)",
+    "params": "~1.2M (wrong, SPEC.md: 337,252)", "grid_winner": "lr 0.01, wd 5e-4, (3,3,3), mid 16",
+    "spec_check": "21.0% test accuracy, test loss 3.21 (SPEC.md, the report's recipe, 20 epochs)",
+}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _img(path: Path, report_dir: Path, alt: str) -> str:
+    return f"![{alt}]({os.path.relpath(path, report_dir)})"
+
+
+def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report_dir: Path,
+                 final_overrides: list[str]) -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    sanity = json.loads((runs / "sanity" / "sanity.json").read_text())
+    over = json.loads((runs / "overfit" / "overfit.json").read_text())
+    lrf = json.loads((runs / "lr_finder" / "lr_finder.json").read_text())
+    grid = json.loads((runs / "grid_search" / "results.json").read_text())
+    final = read_jsonl(runs / "final" / "metrics.jsonl")
+    test = json.loads((artifacts / "eval_test.json").read_text())
+    synthetic = sanity["dataset"] == "synthetic"
+    best_grid = min(grid, key=lambda r: r["rank"])
+    best_epoch = max(final, key=lambda m: m["val_acc"])
+    fig = lambda p, alt: _img(p, report_dir, alt)  # noqa: E731
+    sets = " ".join(final_overrides[1::2]) or "(none)"
+    reduced = cfg.study.profile != "full"
+    lines: list[str] = [
+        f"# CIFAR-100 x BottleneckNet: study report ({cfg.study.profile} profile)",
+        "",
+    ]
+    if synthetic:
+        lines += ["> **SYNTHETIC DATA**: this run used the generated stand-in data set, not CIFAR-100. "
+                  "Its numbers say nothing about CIFAR-100.", ""]
+    if reduced:
+        lines += [f"> **Reduced run** ({cfg.study.profile} profile: {cfg.study.description}). Fewer images and "
+                  "epochs than the study; its numbers are not comparable with the reference report's.", ""]
+    c = sanity["class_counts"]
+    lines += [
+        "## 1. Data",
+        "",
+        "| split | images | images per class (min-max) | balanced |",
+        "| --- | ---: | --- | --- |",
+        *[f"| {s} | {sanity['split_sizes'][s]:,} | {c[s]['min']}-{c[s]['max']} | {'yes' if c[s]['balanced'] else 'no'} |"
+          for s in ("train", "val", "test")],
+        "",
+        f"Split: seeded {cfg.dataset.split_seed} random split of the official training set; "
+        f"normalisation mean {list(cfg.preprocess.mean)}, std {list(cfg.preprocess.std)}. Train-only augmentation: "
+        f"random crop with {cfg.augment.crop_padding}-pixel zero padding, horizontal flip p={cfg.augment.hflip_p}, "
+        f"colour jitter (brightness {cfg.augment.brightness}, contrast {cfg.augment.contrast}, saturation "
+        f"{cfg.augment.saturation}, hue {cfg.augment.hue}). A train batch has shape {tuple(sanity['train_batch_shape'])} "
+        f"(model input {'matches' if sanity['batch_shape_ok'] else 'DOES NOT match'}).",
+        "",
+        fig(runs / "sanity" / "augmented_samples.png", "training images before and after augmentation"),
+        "",
+        "## 2. Model",
+        "",
+        f"BottleneckNet, blocks {list(cfg.model.blocks)}, bottleneck width {cfg.model.bottleneck_mid}: "
+        f"{sanity['params']:,} parameters, {sanity['flops_per_image']['forward'] / 1e9:.3f} GFLOP forward and "
+        f"{sanity['flops_per_image']['forward_backward'] / 1e9:.3f} GFLOP forward+backward per image "
+        "(`torch.utils.flop_counter`).",
+        "",
+        "## 3. Baselines and initial loss",
+        "",
+        "| split | majority class | uniform random (expected) |",
+        "| --- | ---: | ---: |",
+        *[f"| {s} | {_pct(b['majority_class'])} | {_pct(b['uniform_random']['expected'])} |"
+          for s, b in sanity["baselines"].items()],
+        "",
+        f"Initial loss on a training batch: **{sanity['initial_loss']:.4f}** (ln {len(c['train']['counts'])} = "
+        f"{sanity['ln_num_classes']:.4f}).",
+        "",
+        "## 4. Overfitting a small sample",
+        "",
+        f"{over['num_train']} training images, blocks {list(cfg.overfit.blocks)}, mid {cfg.overfit.bottleneck_mid}, "
+        f"lr {cfg.overfit.lr:g}, wd {cfg.overfit.weight_decay:g}, {cfg.overfit.epochs} epochs: final train accuracy "
+        f"**{_pct(over['final_train_acc'])}** (loss {over['final_train_loss']:.4f}), validation accuracy "
+        f"{_pct(over['final_val_acc'])}: {'passed' if over['passed'] else 'FAILED'} (target {_pct(over['target_acc'])}).",
+        "",
+        fig(runs / "overfit" / "overfit_train_loss.png", "overfit train loss"), "",
+        fig(runs / "overfit" / "overfit_train_acc.png", "overfit train accuracy"), "",
+        fig(runs / "overfit" / "overfit_val_metrics.png", "overfit validation metrics"),
+        "",
+        "## 5. LR finder",
+        "",
+        f"lr from {cfg.lr_finder.start:g} to {cfg.lr_finder.end:g}, {lrf['num_seeds']} seeds stacked under vmap, "
+        f"{lrf['steps']} of {lrf['planned_steps']} steps; stopped because {lrf['stop_reason']}.",
+        "",
+    ]
+    if "upper_bound_lr" in lrf:
+        lines += [f"Steepest descent at lr **{lrf['steepest_descent_lr']:.3g}**; the loss bottoms out at lr "
+                  f"**{lrf['upper_bound_lr']:.3g}**: an upper bound for training, not an optimum. Rule: {lrf['rule']}.",
+                  ""]
+    lines += [
+        fig(runs / "lr_finder" / "lr_finder.png", "LR finder"),
+        "",
+        "## 6. Grid search",
+        "",
+        f"{len(grid)} configurations, {cfg.grid.epochs} epoch(s) each, trained as stacked models under "
+        f"`torch.func.vmap` ({'independent' if cfg.grid.independent_seeds else 'shared'} seeds). Best: "
+        f"**{best_grid['config']}** (final val accuracy {_pct(best_grid['final_val_acc'])}).",
+        "",
+        "| rank | lr | wd | blocks | mid | params | best val | final val | final train | diverged |",
+        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        *[f"| {r['rank']} | {r['lr']:g} | {r['weight_decay']:g} | {tuple(r['blocks'])} | {r['mid']} | {r['params']:,} | "
+          f"{_pct(r['best_val_acc'])} | {_pct(r['final_val_acc'])} | {_pct(r['final_train_acc'])} | "
+          f"{'yes' if r['diverged'] else 'no'} |" for r in sorted(grid, key=lambda r: r["rank"])],
+        "",
+        fig(runs / "grid_search" / "grid_search_val.png", "grid validation curves"), "",
+        fig(runs / "grid_search" / "grid_search_train.png", "grid training curves"), "",
+        fig(runs / "grid_search" / "grid_search_heatmap.png", "grid heat-maps"),
+        "",
+        "## 7. Final training",
+        "",
+        f"Standard path (one model), {'the grid' if cfg.study.final_from == 'grid' else 'the config'}'s configuration "
+        f"(overrides: `{sets}`), {len(final)} epochs. Best validation accuracy **{_pct(best_epoch['val_acc'])}** at "
+        f"epoch {best_epoch['epoch']}; last epoch: train accuracy {_pct(final[-1]['train_acc'])}, validation "
+        f"accuracy {_pct(final[-1]['val_acc'])}; {final[-1]['images_per_sec']:.0f} training images/s.",
+        "",
+        fig(runs / "final" / "loss.png", "final loss curves"), "",
+        fig(runs / "final" / "accuracy.png", "final accuracy curves"),
+        "",
+        "## 8. Test evaluation",
+        "",
+        f"Best-by-validation checkpoint (epoch {test.get('checkpoint_epoch')}), {test['num_test_images']:,} test images: "
+        f"accuracy **{_pct(test['test_accuracy'])}**, loss **{test['test_loss']:.4f}**, top-5 accuracy "
+        f"{_pct(test['test_top5_accuracy'])}, coarse (20 super-classes) accuracy {_pct(test['test_coarse_accuracy'])}.",
+        "",
+        fig(artifacts / "confusion_test_coarse.png", "coarse confusion matrix"), "",
+        fig(artifacts / "confusion_test.png", "fine confusion matrix"),
+        "",
+        "## 9. Against the reference report",
+        "",
+        "| quantity | reference report claims | this run |",
+        "| --- | --- | --- |",
+        f"| test accuracy | {REFERENCE['test_accuracy']} (SPEC.md check: {REFERENCE['spec_check']}) | {_pct(test['test_accuracy'])} |",
+        f"| test loss | {REFERENCE['test_loss']} | {test['test_loss']:.4f} |",
+        f"| initial loss | {REFERENCE['initial_loss']} | {sanity['initial_loss']:.4f} |",
+        f"| parameters of (3,3,3), mid 16 | {REFERENCE['params']} | {sanity['params']:,} (configured model) |",
+        f"| grid winner | {REFERENCE['grid_winner']} | lr {best_grid['lr']:g}, wd {best_grid['weight_decay']:g}, "
+        f"{tuple(best_grid['blocks'])}, mid {best_grid['mid']} |",
+        "",
+        "## 10. Reproducibility",
+        "",
+        f"- Command: `python -m cifar100_func.study --config <config>`; profile `{cfg.study.profile}`; seed "
+        f"{cfg.train.seed}, split seed {cfg.dataset.split_seed}.",
+        f"- Device: {sanity['device']}; precision {cfg.train.precision}; channels_last {cfg.train.channels_last}; "
+        f"torch.compile {cfg.train.compile}.",
+        f"- Versions: Python {sys.version.split()[0]}, torch {torch.__version__}, platform {platform.platform()}.",
+        "- Wall time per stage (a cached stage shows the time of the run that produced it):",
+        "",
+        "| stage | seconds | cached |",
+        "| --- | ---: | --- |",
+        *[f"| {s} | {r['seconds']:.0f} | {'yes' if r.get('cached') else 'no'} |" for s, r in records.items()],
+        "",
+    ]
+    path = report_dir / "REPORT.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,130 @@
+"""LR finder, overfit check and sanity checks (SPEC experiments 1-3)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cifar100_func import lr_finder, sanity
+from cifar100_func.config import load_config
+from cifar100_func.data import load_dataset
+from cifar100_func.model import Arch
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_lr_schedule_is_geometric_from_start_to_end():
+    lrs = lr_finder.lr_schedule(1e-7, 1.0, 71)
+    assert lrs[0] == pytest.approx(1e-7) and lrs[-1] == pytest.approx(1.0)
+    ratios = lrs[1:] / lrs[:-1]
+    assert np.allclose(ratios, ratios[0]) and ratios[0] == pytest.approx(10 ** (7 / 70))
+
+
+def test_smoothing_is_a_bias_corrected_ema():
+    x = np.array([[4.0], [2.0], [3.0]])
+    out = lr_finder.smooth(x, 0.5)
+    assert out[0, 0] == pytest.approx(4.0)  # bias correction: the first value is kept
+    assert out[1, 0] == pytest.approx((0.25 * 4 + 0.5 * 2) / 0.75)
+
+
+def _cfg(tiny_config, extra=None):
+    base = {"dataset": {"synthetic": {"train_size": 100 + 32 * 30}}, "lr_finder": {"seeds": 2, "start": 1e-5,
+                                                                                  "end": 10.0}}
+    return load_config(tiny_config({**base, **(extra or {})}))
+
+
+def test_finder_stops_early_on_divergence_and_suggests_lrs(tiny_config):
+    cfg = _cfg(tiny_config, {"lr_finder": {"seeds": 2, "start": 1e-4, "end": 1000.0}})
+    data = load_dataset(cfg.dataset)
+    res = lr_finder.find_lr(cfg, data, torch.device("cpu"))
+    assert res["steps"] < res["planned_steps"] == 30
+    assert "not finite" in res["stop_reason"] or "exceeded" in res["stop_reason"]
+    assert np.all(np.isfinite(res["losses"]))
+    assert res["lrs"][0] <= res["steepest_descent_lr"] <= res["upper_bound_lr"] <= res["lrs"][-1]
+
+
+def test_stacked_seeds_match_single_seed_runs(tiny_config):
+    cfg = _cfg(tiny_config, {"lr_finder": {"seeds": 3, "start": 1e-5, "end": 1e-2, "max_steps": 6},
+                             "train": {"precision": "fp64"}})
+    data = load_dataset(cfg.dataset)
+    stacked = lr_finder.find_lr(cfg, data, torch.device("cpu"))
+    import dataclasses
+
+    for j, seed in enumerate(stacked["seeds"]):
+        one = dataclasses.replace(cfg, lr_finder=dataclasses.replace(cfg.lr_finder, seeds=1),
+                                  train=dataclasses.replace(cfg.train, seed=seed))
+        single = lr_finder.find_lr(one, data, torch.device("cpu"))
+        np.testing.assert_allclose(stacked["losses"][:, j], single["losses"][:, 0], rtol=1e-9)
+
+
+def test_lr_finder_command_outputs(run_cli, tiny_config, tmp_path):
+    code, out, err = run_cli("lr_finder", "--config", str(tiny_config({"lr_finder": {"seeds": 2}})))
+    assert code == 0, err
+    d = tmp_path / "runs" / "lr_finder"
+    assert (d / "lr_finder.png").read_bytes()[:8] == PNG
+    summary = json.loads((d / "lr_finder.json").read_text())
+    assert {"steepest_descent_lr", "upper_bound_lr", "rule", "stop_reason"} <= set(summary)
+    rows = list(csv.DictReader((d / "lr_finder.csv").open()))
+    assert len(rows) == summary["steps"] and "smoothed_mean" in rows[0]
+    assert "upper bound" in out
+
+
+def test_overfit_reaches_its_target_on_a_tiny_set(run_cli, tiny_config, tmp_path):
+    cfg = tiny_config({"overfit": {"num_train": 20, "blocks": [1, 1, 1], "bottleneck_mid": 8, "epochs": 40,
+                                   "lr": 0.01}})
+    code, out, err = run_cli("overfit", "--config", str(cfg))
+    assert code == 0, err
+    d = tmp_path / "runs" / "overfit"
+    for name in ("overfit_train_loss.png", "overfit_train_acc.png", "overfit_val_metrics.png"):
+        assert (d / name).read_bytes()[:8] == PNG
+    assert json.loads((d / "overfit.json").read_text())["final_train_acc"] >= 0.98
+    assert not (tmp_path / "artifacts").exists()  # the check writes no checkpoint
+
+
+def test_overfit_fails_loudly_when_it_cannot_learn(run_cli, tiny_config):
+    cfg = tiny_config({"overfit": {"num_train": 20, "blocks": [1, 1, 1], "bottleneck_mid": 8, "epochs": 2,
+                                   "lr": 1e-6}})
+    code, _, err = run_cli("overfit", "--config", str(cfg))
+    assert code == 1 and "overfit check failed" in err
+
+
+def test_baselines_on_known_labels():
+    train_y = torch.tensor([3, 3, 3, 1, 2, 0])
+    eval_y = torch.tensor([3, 1, 3, 2, 0, 0, 0, 3])
+    assert sanity.majority_baseline(train_y, eval_y, 4) == pytest.approx(3 / 8)
+    assert sanity.majority_baseline(torch.tensor([1, 2]), eval_y, 4) == pytest.approx(1 / 8)  # tie: lowest index
+    ub = sanity.uniform_baseline(torch.zeros(100000, dtype=torch.int64), 100)
+    assert ub["expected"] == 0.01 and ub["measured"] == pytest.approx(0.01, abs=0.002)
+
+
+def test_flops_per_image_match_spec():
+    flops = sanity.flops_per_image(Arch((3, 3, 3), 16))
+    assert flops["forward"] / 1e9 == pytest.approx(0.096, abs=0.0015)
+    assert flops["forward_backward"] / 1e9 == pytest.approx(0.286, abs=0.003)
+
+
+def test_sanity_command_outputs(run_cli, tiny_config, tmp_path):
+    code, out, err = run_cli("sanity", "--config", str(tiny_config()))
+    assert code == 0, err
+    d = tmp_path / "runs" / "sanity"
+    r = json.loads((d / "sanity.json").read_text())
+    assert r["split_sizes"] == {"train": 320, "val": 100, "test": 100}
+    assert r["batch_shape_ok"] and r["params"] > 0 and r["ln_num_classes"] == pytest.approx(math.log(10))
+    assert (d / "augmented_samples.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.realdata
+def test_sanity_on_real_data(run_cli, real_root, tmp_path):
+    code, out, err = run_cli("sanity", "--config", "configs/config.yaml", "--data-root", str(real_root),
+                             "--set", f"paths.runs_dir={tmp_path}")
+    assert code == 0, err
+    r = json.loads((tmp_path / "sanity" / "sanity.json").read_text())
+    assert r["split_sizes"] == {"train": 45000, "val": 5000, "test": 10000}
+    assert r["class_counts"]["test"]["min"] == r["class_counts"]["test"]["max"] == 100
+    assert r["params"] == 337_252 and abs(r["initial_loss"] - math.log(100)) < 0.35
+    assert r["baselines"]["test"]["majority_class"] == pytest.approx(0.01)
