@@ -6,12 +6,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from .config import Config, load_config
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .data import Dataset
 
 DEFAULT_CONFIG = "configs/config.yaml"
 
@@ -64,5 +69,34 @@ def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequen
     except KeyboardInterrupt:
         if debug:
             raise
-        print("interrupted: finished files are intact; continue with --resume", file=sys.stderr)
+        print("interrupted: every file written so far is complete (atomic writes); `train --resume` continues a "
+              "training run, and `study` continues where it stopped when run again", file=sys.stderr)
         return 130
+
+
+@dataclass
+class Prepared:
+    """What a command has once its flags are read: config, device, data (on the CPU), output folder."""
+
+    cfg: Config
+    device: torch.device
+    data: "Dataset"
+    out_dir: Path
+    tag: str  # "CIFAR-100 from ..." or a loud SYNTHETIC label, for the first line a command prints
+
+
+def prepare(args: argparse.Namespace, folder: str, adjust: Callable[[Config], Config] | None = None) -> Prepared:
+    """Config (with ``adjust`` applied), device, data, and ``<runs_dir>/<folder>`` with the config snapshot."""
+    from .config import save_snapshot
+    from .data import load_dataset
+    from .io import ensure_dir
+
+    cfg = load(args)
+    if adjust is not None:
+        cfg = adjust(cfg)
+    device = resolve_device(args.device)
+    data = load_dataset(cfg.dataset, args.data_root)
+    out_dir = ensure_dir(Path(cfg.paths.runs_dir) / folder)
+    save_snapshot(cfg, out_dir / "config.yaml")
+    tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
+    return Prepared(cfg, device, data, out_dir, tag)

@@ -24,10 +24,10 @@ import torch
 
 from . import cli, model
 from .checkpoint import save_checkpoint
-from .config import Config, parse_override, save_snapshot
-from .data import Dataset, load_dataset
+from .config import Config, parse_override
+from .data import Dataset
 from .errors import ConfigError
-from .io import atomic_write_json, atomic_write_text, ensure_dir
+from .io import atomic_write_json, atomic_write_text
 from .stacked import Member, fit_stack, unstack
 
 ONLY_KEYS = {
@@ -115,7 +115,8 @@ def run_grid(cfg: Config, data: Dataset, device: torch.device, points: list[Grid
         res = fit_stack(cfg, data, device, arch, members, cfg.grid.epochs,
                         shared_data=not cfg.grid.independent_seeds, compile_step=cfg.train.compile,
                         desc=desc, progress=progress)
-        log(f"{desc}: {time.perf_counter() - t0:.0f}s, {res.model_images_per_sec:.0f} model-images/s")
+        log(f"{desc}: {time.perf_counter() - t0:.0f}s (first step, with any compilation: "
+            f"{res.extra['first_step_seconds']:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
         params_count = model.count_params(model.init(arch, torch.Generator().manual_seed(0))[0])
         for j, p in enumerate(stack):
             hist = res.metrics[j]
@@ -129,7 +130,7 @@ def run_grid(cfg: Config, data: Dataset, device: torch.device, points: list[Grid
                 else max([r["val_acc"] for r in hist if not r["diverged"]] or [0.0]),
                 "final_val_acc": hist[-1]["val_acc"], "final_train_acc": hist[-1]["train_acc"],
                 "diverged": res.diverged_at[j] is not None, "diverged_at_step": res.diverged_at[j],
-                "history": hist,
+                "history": hist, "step_losses": res.step_losses[:, j].tolist(),
             })
             if res.diverged_at[j] is not None:
                 log(f"  {p.name}: diverged at step {res.diverged_at[j]} (frozen there; the others were unaffected)")
@@ -175,14 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run a subset, e.g. --only model.blocks=[3,3,3] (repeatable; all must match)")
     args = p.parse_args(argv)
-    cfg = cli.load(args)
-    device = cli.resolve_device(args.device)
-    points = select(expand(cfg), parse_only(args.only))
-    data = load_dataset(cfg.dataset, args.data_root)
-    out_dir = ensure_dir(Path(cfg.paths.runs_dir) / "grid_search")
-    save_snapshot(cfg, out_dir / "config.yaml")
-    tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
-    print(f"{tag}: train {len(data.train)}, val {len(data.val)} | device {device} | {len(points)} configurations, "
+    points = select(expand(cli.load(args)), parse_only(args.only))  # a bad filter fails before any work
+    run = cli.prepare(args, "grid_search")
+    cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
+    print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | device {device} | {len(points)} configurations, "
           f"{cfg.grid.epochs} epochs, {'independent' if cfg.grid.independent_seeds else 'shared'} seeds", flush=True)
     t0 = time.perf_counter()
     rows = run_grid(cfg, data.to(device), device, points, out_dir)

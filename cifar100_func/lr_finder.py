@@ -24,9 +24,9 @@ import torch
 from torch.utils._pytree import tree_map
 
 from . import cli, model
-from .config import Config, save_snapshot
-from .data import Dataset, load_dataset
-from .io import atomic_write_json, atomic_write_text, ensure_dir
+from .config import Config
+from .data import Dataset
+from .io import atomic_write_json, atomic_write_text
 from .loader import Pipeline, steps_per_epoch, train_batches
 from .optim import make_optimizer
 from .seeding import generator
@@ -88,7 +88,11 @@ def find_lr(cfg: Config, data: Dataset, device: torch.device, progress_every: in
     active = torch.ones(k, dtype=torch.bool, device=device)
     step = make_stacked_step(make_train_step(optimizer, label_smoothing=tc.label_smoothing,
                                              precision=tc.precision, device_type=device.type), shared_data=False)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, tc.channels_last)
+    if tc.compile and n_steps >= 200:  # compiling (a minute or more on a small CPU) pays off only on long runs
+        from .trainer import compiled
+
+        step = compiled(step, log)
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, channels_last=False)  # stacked: NCHW
     streams = [train_batches(data.train, pipe, tc.batch_size, s, 0) for s in seeds]
     wd = torch.full((k,), tc.optimizer.weight_decay, device=device)
     losses: list[np.ndarray] = []
@@ -151,14 +155,9 @@ def write_outputs(res: dict, out_dir: Path, synthetic: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.base_parser("cifar100_func.lr_finder", "Learning-rate range test (several seeds stacked under vmap).")
-    args = p.parse_args(argv)
-    cfg = cli.load(args)
-    device = cli.resolve_device(args.device)
-    data = load_dataset(cfg.dataset, args.data_root)
-    out_dir = ensure_dir(Path(cfg.paths.runs_dir) / "lr_finder")
-    save_snapshot(cfg, out_dir / "config.yaml")
-    tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
-    print(f"{tag}: lr {cfg.lr_finder.start:g} -> {cfg.lr_finder.end:g}, {cfg.lr_finder.seeds} seeds stacked, "
+    run = cli.prepare(p.parse_args(argv), "lr_finder")
+    cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
+    print(f"{run.tag}: lr {cfg.lr_finder.start:g} -> {cfg.lr_finder.end:g}, {cfg.lr_finder.seeds} seeds stacked, "
           f"{cfg.train.optimizer.name}, wd {cfg.train.optimizer.weight_decay:g}, device {device}", flush=True)
     res = find_lr(cfg, data.to(device), device, progress_every=100)
     write_outputs(res, out_dir, data.synthetic)

@@ -102,6 +102,8 @@ def batch_norm(x: torch.Tensor, p: dict, s: dict, train: bool) -> tuple[torch.Te
     The fused kernel updates running statistics in place, so it is handed fresh copies that then become the
     new state (three to four times faster than spelling batch norm out in elementwise ops on the CPU).
     """
+    if x.dtype != p["weight"].dtype:  # bf16 activations under autocast: normalise in the parameters' precision
+        x = x.to(p["weight"].dtype)  # (mixed-dtype batch_norm has no vmap batching rule)
     if not train:
         return F.batch_norm(x, s["running_mean"], s["running_var"], p["weight"], p["bias"], False, 0.0, BN_EPS), s
     mean, var = s["running_mean"].clone(), s["running_var"].clone()

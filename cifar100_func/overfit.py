@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from . import cli
-from .config import Config, save_snapshot
-from .data import load_dataset
+from .config import Config
 from .errors import UserError
-from .io import ensure_dir
 from .trainer import fit
 
 
@@ -42,15 +39,10 @@ def overfit_config(cfg: Config) -> Config:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.base_parser("cifar100_func.overfit", "Overfit a tiny training subset (SPEC experiment 2).")
-    args = p.parse_args(argv)
-    cfg = overfit_config(cli.load(args))
-    device = cli.resolve_device(args.device)
-    data = load_dataset(cfg.dataset, args.data_root)
-    out_dir = ensure_dir(Path(cfg.paths.runs_dir) / "overfit")
-    save_snapshot(cfg, out_dir / "config.yaml")
+    run = cli.prepare(p.parse_args(argv), "overfit", adjust=overfit_config)
+    cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     o = cfg.overfit
-    tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else "CIFAR-100"
-    print(f"{tag}: overfit {len(data.train)} training images, blocks {list(o.blocks)}, mid {o.bottleneck_mid}, "
+    print(f"{run.tag}: overfit {len(data.train)} training images, blocks {list(o.blocks)}, mid {o.bottleneck_mid}, "
           f"lr {o.lr:g}, wd {o.weight_decay:g}, {o.epochs} epochs, augmentation {'on' if o.augment else 'off'}",
           flush=True)
     log_every = max(1, o.epochs // 10)

@@ -61,27 +61,48 @@ def _arch_label(row: dict) -> str:
     return f"blocks {tuple(row['blocks'])}, mid {row['mid']}"
 
 
+def _ema(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
+    out, avg = [], 0.0
+    for i, v in enumerate(values):
+        avg = beta * avg + (1 - beta) * v
+        out.append(avg / (1 - beta ** (i + 1)))
+    return np.array(out)
+
+
 def grid_curves(rows: Sequence[dict], split: str, path: Path, synthetic: bool) -> None:
-    """One panel per architecture; colour = lr, line style = weight decay; loss on top, accuracy below."""
+    """One column per architecture; colour = lr, line style and marker = weight decay.
+
+    Train: the loss of every step (smoothed) on top, accuracy per epoch below. Val: loss and accuracy per epoch.
+    """
     archs = sorted({_arch_label(r) for r in rows})
     lrs = sorted({r["lr"] for r in rows})
     wds = sorted({r["weight_decay"] for r in rows})
     colours = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(lrs), 1)))
-    styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(2, len(archs), figsize=(4.2 * len(archs), 7), squeeze=False, sharex=True)
+    styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
+    fig, axes = plt.subplots(2, len(archs), figsize=(4.2 * len(archs), 7), squeeze=False, layout="constrained")
     for col, arch in enumerate(archs):
         for r in (r for r in rows if _arch_label(r) == arch):
-            epochs = [h["epoch"] for h in r["history"]]
-            style = dict(color=colours[lrs.index(r["lr"])], linestyle=styles[wds.index(r["weight_decay"]) % 4],
-                         marker="o", markersize=3, label=f"lr {r['lr']:g}, wd {r['weight_decay']:g}"
+            w = wds.index(r["weight_decay"])
+            style = dict(color=colours[lrs.index(r["lr"])], linestyle=styles[w % 4], marker=markers[w % 4],
+                         markersize=4, label=f"lr {r['lr']:g}, wd {r['weight_decay']:g}"
                          + (" (diverged)" if r["diverged"] else ""))
-            axes[0, col].plot(epochs, [h[f"{split}_loss"] for h in r["history"]], **style)
+            epochs = [h["epoch"] for h in r["history"]]
+            if split == "train" and r.get("step_losses"):
+                steps = np.arange(1, len(r["step_losses"]) + 1) / (len(r["step_losses"]) / len(epochs))
+                axes[0, col].plot(steps, _ema(r["step_losses"]), **{**style, "marker": None})
+            else:
+                axes[0, col].plot(epochs, [h[f"{split}_loss"] for h in r["history"]], **style)
             axes[1, col].plot(epochs, [100 * h[f"{split}_acc"] for h in r["history"]], **style)
+        n_epochs = max(len(r["history"]) for r in rows)
         axes[0, col].set_title(arch, fontsize=10)
-        axes[1, col].set_xlabel("epoch")
+        for row, ax in enumerate(axes[:, col]):
+            ax.set_xlabel("epoch")
+            ax.set_xlim((0, n_epochs) if split == "train" and row == 0 else (0.5, n_epochs + 0.5))
+        axes[1, col].set_xticks(range(1, n_epochs + 1) if n_epochs <= 20 else
+                                range(1, n_epochs + 1, max(1, n_epochs // 10)))
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel(f"{split} loss")
+    axes[0, 0].set_ylabel(f"{split} loss" + (" (every step, smoothed)" if split == "train" else ""))
     axes[1, 0].set_ylabel(f"{split} accuracy (%)")
     axes[1, -1].legend(fontsize=7, loc="best")
     fig.suptitle(f"grid search: {split} curves of {len(rows)} runs" + (" [SYNTHETIC DATA]" if synthetic else ""))
@@ -93,7 +114,7 @@ def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
     archs = sorted({_arch_label(r) for r in rows})
     lrs = sorted({r["lr"] for r in rows})
     wds = sorted({r["weight_decay"] for r in rows})
-    fig, axes = plt.subplots(1, len(archs), figsize=(3.6 * len(archs), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.6), squeeze=False, layout="constrained")
     for ax, arch in zip(axes[0], archs):
         grid = np.full((len(wds), len(lrs)), np.nan)
         for r in rows:
@@ -107,9 +128,9 @@ def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
         ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
         ax.set_xlabel("lr")
-        ax.set_ylabel("weight decay")
         ax.set_title(arch, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    axes[0, 0].set_ylabel("weight decay")
     fig.suptitle("final validation accuracy (%)" + (" [SYNTHETIC DATA]" if synthetic else ""))
     save_figure(fig, path)
 

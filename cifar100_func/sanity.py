@@ -19,9 +19,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import augment as aug
 from . import cli, model
-from .config import save_snapshot
-from .data import Split, load_dataset
-from .io import atomic_write_json, ensure_dir
+from .data import Split
+from .io import atomic_write_json
 from .loader import Pipeline, train_batches
 from .seeding import generator
 from .trainer import arch_from
@@ -60,12 +59,8 @@ def flops_per_image(arch: model.Arch, batch: int = 2) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.base_parser("cifar100_func.sanity", "Sanity checks before training (SPEC experiment 1).")
-    args = p.parse_args(argv)
-    cfg = cli.load(args)
-    device = cli.resolve_device(args.device)
-    data = load_dataset(cfg.dataset, args.data_root)
-    out_dir = ensure_dir(Path(cfg.paths.runs_dir) / "sanity")
-    save_snapshot(cfg, out_dir / "config.yaml")
+    run = cli.prepare(p.parse_args(argv), "sanity")
+    cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     k = data.num_classes
     arch = arch_from(cfg, k)
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, "cpu")

@@ -118,19 +118,20 @@ def fit_stack(cfg: Config, data: Dataset, device: torch.device, arch: model.Arch
     step_fn = make_train_step(optimizer, label_smoothing=tc.label_smoothing, precision=tc.precision,
                               device_type=device.type)
     stacked_step = make_stacked_step(step_fn, shared_data)
-    if compile_step:
+    stacked_eval = make_stacked_eval(make_eval_step(precision=tc.precision, device_type=device.type))
+    if compile_step:  # eager vmap is several times slower than compiled on a CPU, validation included
         from .trainer import compiled
 
-        stacked_step = compiled(stacked_step)
-    stacked_eval = make_stacked_eval(make_eval_step(precision=tc.precision, device_type=device.type))
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, tc.channels_last)
+        stacked_step, stacked_eval = compiled(stacked_step), compiled(stacked_eval)
+    # NCHW batches: the stacked 5-D weights have no channels_last form (as in benchmarks/bench_grid.py)
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, channels_last=False)
     steps = steps_per_epoch(len(data.train), tc.batch_size)
     schedule = make_schedule(tc.scheduler, steps * epochs)
     losses = torch.zeros(steps * epochs, k, device=device, dtype=losses_dtype)
     metrics: list[list[dict]] = [[] for _ in members]
     bar = tqdm(total=steps * epochs, desc=desc, unit="step", leave=False,
                disable=(not progress) if progress is not None else None)
-    train_seconds = 0.0
+    train_seconds = first_step = 0.0
     for epoch in range(epochs):
         t0 = time.perf_counter()
         correct = torch.zeros(k, dtype=torch.int64, device=device)
@@ -145,6 +146,9 @@ def fit_stack(cfg: Config, data: Dataset, device: torch.device, arch: model.Arch
             g = epoch * steps + i
             H = {"lr": base_lr * schedule(g), "weight_decay": wd}
             P, S, O, loss, c, active = stacked_step(P, S, O, H, x, y, active)
+            if g == 0:  # the first step includes compilation: keep it out of the throughput
+                loss.sum().item()
+                first_step = time.perf_counter() - t0
             losses[g] = loss
             correct += c
             seen += y.shape[-1]
@@ -173,6 +177,7 @@ def fit_stack(cfg: Config, data: Dataset, device: torch.device, arch: model.Arch
     bar.close()
     bad = ~torch.isfinite(losses)
     diverged_at = [int(bad[:, j].nonzero()[0]) + 1 if bad[:, j].any() else None for j in range(k)]
-    total = k * steps * epochs * min(tc.batch_size, len(data.train))
-    return StackResult(P, S, metrics, losses, diverged_at, total / max(train_seconds, 1e-9))
+    total = k * (steps * epochs - 1) * min(tc.batch_size, len(data.train))
+    rate = total / max(train_seconds - first_step, 1e-9) if steps * epochs > 1 else 0.0
+    return StackResult(P, S, metrics, losses, diverged_at, rate, {"first_step_seconds": first_step})
 

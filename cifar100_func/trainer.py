@@ -201,7 +201,12 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
 
 
 def compiled(fn: Callable, log: Callable[[str], None] = print) -> Callable:
-    """``torch.compile(fn)``, falling back to eager (with one warning) where compilation is unavailable."""
+    """``torch.compile(fn)``, falling back to eager (with one warning) where compilation is unavailable.
+
+    Dynamo's caches are cleared first: every stack of a grid (and every stage of a study) compiles a fresh
+    closure of the same code, and past ``recompile_limit`` (8) dynamo would silently run the rest eagerly.
+    """
+    torch._dynamo.reset()
     fast = torch.compile(fn)
     state = {"fn": fast, "first": True}
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils._pytree import tree_leaves
 
-from cifar100_func import grid_search, model, trainer
+from cifar100_func import grid_search, trainer
 from cifar100_func.config import load_config
 from cifar100_func.data import load_dataset
 from cifar100_func.stacked import Member, fit_stack, unstack
@@ -137,3 +137,14 @@ def test_full_grid_on_a_few_real_images(run_cli, real_root, tmp_path):
     rows = list(csv.DictReader((tmp_path / "runs" / "grid_search" / "results.csv").open()))
     assert len(rows) == 24
     assert {int(r["params"]) for r in rows} == {337_252, 244_516, 892_836, 611_492}
+
+
+def test_bf16_stack_runs_and_matches_single_models_loosely(tiny_config):
+    """bf16 autocast under vmap (mixed-dtype batch norm has no batching rule; the model normalises in fp32)."""
+    cfg, data, arch = _setup(tiny_config, {"train": {"precision": "bf16"},
+                                           "dataset": {"synthetic": {"train_size": 100 + 32 * 3}}})
+    members = [Member(f"m{i}", lr, wd, 5) for i, (lr, wd) in enumerate(CONFIGS)]
+    res = fit_stack(cfg, data, DEV, arch, members, 1, shared_data=True, progress=False)
+    for j, (lr, wd) in enumerate(CONFIGS):
+        seq = _sequential(cfg, data, lr, wd, 5, 1)
+        torch.testing.assert_close(res.step_losses[:, j], torch.tensor(seq.step_losses), rtol=2e-2, atol=2e-2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 STAGES = ["sanity", "overfit", "lr_finder", "grid_search", "final", "evaluate"]
 TINY_STUDY = {
