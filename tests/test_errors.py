@@ -85,22 +85,22 @@ def test_sigterm_mid_run_then_resume_matches_uninterrupted(tiny_config, tmp_path
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     base = [sys.executable, "-m", "cifar100_func.train", "--config", cfg]
     full = subprocess.run(base + ["--run-name", "full", "--set", f"paths.artifacts_dir={tmp_path}/a2"], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=900)
     assert full.returncode == 0, full.stderr
     proc = subprocess.Popen(base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "runs" / "train" / "last.ckpt"
-    deadline = time.time() + 240
+    deadline = time.time() + 900
     while not last.exists() and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # into the next epoch
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     done = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= done < 4
     torch.load(tmp_path / "artifacts" / "best.ckpt", weights_only=True)  # complete, loadable
-    res = subprocess.run(base + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(base + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr
     a = torch.load(last, weights_only=True)
     b = torch.load(tmp_path / "runs" / "full" / "last.ckpt", weights_only=True)
