@@ -162,7 +162,7 @@ def fit_stack(cfg: Config, data: Dataset, device: torch.device, arch: model.Arch
         train_seconds += dt
         val = evaluate_stack(P, S, data.val, pipe, tc.eval_batch_size, stacked_eval)
         ep_losses = losses[epoch * steps : (epoch + 1) * steps]
-        for j, m in enumerate(members):
+        for j in range(k):
             metrics[j].append({
                 "epoch": epoch + 1,
                 "train_loss": ep_losses[:, j].mean().item(),
