@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import reference  # noqa: E402
+from cifar100_func.checkpoint import tree_to  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data import load_dataset  # noqa: E402
 from cifar100_func.loader import Pipeline, train_batches  # noqa: E402
@@ -72,10 +73,6 @@ def bench_ours(cfg, data, device, steps: int, precision: str, channels_last: boo
     t0 = time.perf_counter()
     seen = run(steps, 1)
     return seen / (time.perf_counter() - t0)
-
-
-def tree_to(tree, device):
-    return torch.utils._pytree.tree_map(lambda t: t.to(device), tree)
 
 
 def main() -> None:

@@ -21,17 +21,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_map
 
-from . import cli, model
+from . import cli
 from .config import Config
 from .data import Dataset
 from .io import atomic_write_json, atomic_write_text
 from .loader import Pipeline, steps_per_epoch, train_batches
 from .optim import make_optimizer
-from .seeding import generator
-from .stacked import make_stacked_step, stack_trees
-from .step import cast_tree, make_train_step
+from .stacked import init_stack, make_stacked_step
+from .step import make_train_step
 from .trainer import arch_from
 
 
@@ -81,10 +79,7 @@ def find_lr(cfg: Config, data: Dataset, device: torch.device, progress_every: in
     seeds = [tc.seed + s for s in range(k)]
     arch = arch_from(cfg, data.num_classes)
     optimizer = make_optimizer(tc.optimizer)
-    inits = [cast_tree(model.init(arch, generator(s, "init")), tc.precision) for s in seeds]
-    P, S = stack_trees([p for p, _ in inits]), stack_trees([s for _, s in inits])
-    O = stack_trees([optimizer.init(p) for p, _ in inits])
-    P, S, O = (tree_map(lambda t: t.to(device), tr) for tr in (P, S, O))
+    P, S, O = init_stack(arch, seeds, optimizer, tc.precision, device)
     active = torch.ones(k, dtype=torch.bool, device=device)
     step = make_stacked_step(make_train_step(optimizer, label_smoothing=tc.label_smoothing,
                                              precision=tc.precision, device_type=device.type), shared_data=False)

@@ -43,6 +43,15 @@ def tree_where(mask: torch.Tensor, new: Any, old: Any) -> Any:
     return tree_map(lambda n, o: torch.where(mask.view(-1, *([1] * (n.ndim - 1))), n, o), new, old)
 
 
+def init_stack(arch: model.Arch, seeds: Sequence[int], optimizer, precision: str, device) -> tuple[Any, Any, Any]:
+    """Stacked (params, BN state, optimiser state) of one model per seed, on ``device``."""
+    inits = [cast_tree(model.init(arch, generator(seed, "init")), precision) for seed in seeds]
+    P = stack_trees([p for p, _ in inits])
+    S = stack_trees([s for _, s in inits])
+    O = stack_trees([optimizer.init(p) for p, _ in inits])
+    return tuple(tree_map(lambda t: t.to(device), tr) for tr in (P, S, O))  # type: ignore[return-value]
+
+
 def make_stacked_step(step_fn: Callable, shared_data: bool) -> Callable:
     """``(P, S, O, H, x, y, active) -> (P, S, O, loss[K], correct[K], active)`` with diverged models frozen."""
     data_dim = None if shared_data else 0
@@ -105,11 +114,7 @@ def fit_stack(cfg: Config, data: Dataset, device: torch.device, arch: model.Arch
     if shared_data and len({m.seed for m in members}) != 1:
         raise ValueError("shared data needs one seed for all members")
     optimizer = make_optimizer(tc.optimizer)
-    inits = [cast_tree(model.init(arch, generator(m.seed, "init")), tc.precision) for m in members]
-    P = stack_trees([p for p, _ in inits])
-    S = stack_trees([s for _, s in inits])
-    O = stack_trees([optimizer.init(p) for p, _ in inits])
-    P, S, O = (tree_map(lambda t: t.to(device), tr) for tr in (P, S, O))
+    P, S, O = init_stack(arch, [m.seed for m in members], optimizer, tc.precision, device)
     active = torch.ones(k, dtype=torch.bool, device=device)
     wd = torch.tensor([m.weight_decay for m in members], dtype=torch.float32, device=device)
     base_lr = torch.tensor([m.lr for m in members], dtype=torch.float32, device=device)
