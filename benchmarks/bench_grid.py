@@ -3,7 +3,9 @@
 For each K: one stack of K models under ``torch.func.vmap`` (the grid path: shared batch, per-model lr/wd,
 divergence masking) against the standard path that trains the same models one after another (its per-model
 rate does not depend on K, so it is measured once per mode and round). Both paths run the same step function,
-eager or compiled; rounds alternate so machine drift hits every variant alike. Compilation is not timed.
+eager or compiled, on the same channels-last batches; the stacked convolutions and batch norms run in each
+formulation asked for (``per_model``: the rules of :mod:`cifar100_func.batching`; ``grouped``: vmap's built-in
+rules). Rounds alternate so machine drift hits every variant alike. Compilation is not timed.
 
     python benchmarks/bench_grid.py --data-root ../shared --ks 1,2,6,12 --modes eager,compiled
 """
@@ -22,6 +24,7 @@ from torch.utils._pytree import tree_map
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar100_func import model  # noqa: E402
+from cifar100_func.batching import per_model_rules  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data import load_dataset  # noqa: E402
 from cifar100_func.loader import Pipeline, train_batches  # noqa: E402
@@ -37,7 +40,7 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def build(cfg, data, device, k: int | None, mode: str, channels_last: bool):
+def build(cfg, data, device, k: int | None, mode: str, channels_last: bool, formulation: str = "auto"):
     """A ready-to-call step and its initial carry for a stack of k models (k None: the standard path)."""
     tc = cfg.train
     opt = make_optimizer(tc.optimizer)
@@ -65,7 +68,9 @@ def build(cfg, data, device, k: int | None, mode: str, channels_last: bool):
         fn = compiled(sstep) if mode == "compiled" else sstep
 
         def run(x, y):
-            carry[0], carry[1], carry[2], loss, _, carry[3] = fn(carry[0], carry[1], carry[2], H, x, y, carry[3])
+            with per_model_rules(device, formulation, mode == "compiled"):
+                carry[0], carry[1], carry[2], loss, _, carry[3] = fn(carry[0], carry[1], carry[2], H, x, y,
+                                                                     carry[3])
             return loss
     return run
 
@@ -95,6 +100,8 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compiled")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batching", default="per_model,grouped",
+                    help="formulations of the stacked convolutions to compare (see cifar100_func.batching)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
@@ -104,29 +111,33 @@ def main() -> None:
     data = load_dataset(cfg.dataset, args.data_root).to(device)
     ks = [int(k) for k in args.ks.split(",")]
     modes = args.modes.split(",")
-    pipe_cl = Pipeline.create(cfg.preprocess, cfg.augment, device, cfg.train.channels_last)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, False)
-    variants = [(m, None) for m in modes] + [(m, k) for m in modes for k in ks]
-    runners = {v: build(cfg, data, device, v[1], v[0], cfg.train.channels_last and v[1] is None) for v in variants}
+    forms = args.batching.split(",")
+    torch._dynamo.config.recompile_limit = 64  # one compiled closure of the same step per variant
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, cfg.train.channels_last)
+    variants = [(m, None, "") for m in modes] + [(m, k, f) for m in modes for k in ks for f in forms]
+    runners = {v: build(cfg, data, device, v[1], v[0], cfg.train.channels_last and v[1] is None, v[2] or "auto")
+               for v in variants}
     results: dict = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            p = pipe_cl if v[1] is None else pipe
-            batches = train_batches(data.train, p, cfg.train.batch_size, 0, r)
+            batches = train_batches(data.train, pipe, cfg.train.batch_size, 0, r)
             ips = timed(runners[v], batches, args.steps, v[1] or 1, device)
             results[v].append(ips)
-            print(f"round {r + 1}: {v[0]:>8} {'sequential' if v[1] is None else f'stacked K={v[1]}':>14}: "
-                  f"{ips:8.1f} model-images/s", flush=True)
-    print(f"\ndevice {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}); "
-          f"torch {torch.__version__}; blocks {list(cfg.model.blocks)}, mid {cfg.model.bottleneck_mid}; "
-          f"batch {cfg.train.batch_size}; precision {cfg.train.precision}; {args.steps} steps x {args.rounds} rounds (median)")
-    print("| mode | K | sequential (standard path) | stacked (vmap) | stacked / sequential |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+            name = "sequential" if v[1] is None else f"stacked K={v[1]} {v[2]}"
+            print(f"round {r + 1}: {v[0]:>8} {name:>26}: {ips:8.1f} model-images/s", flush=True)
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"\ndevice {device} ({where}); torch {torch.__version__}; blocks {list(cfg.model.blocks)}, "
+          f"mid {cfg.model.bottleneck_mid}; batch {cfg.train.batch_size}; precision {cfg.train.precision}; "
+          f"{args.steps} steps x {args.rounds} rounds (median)")
+    print("| mode | K | sequential (standard path) | "
+          + " | ".join(f"stacked, {f} | {f} / sequential" for f in forms) + " |")
+    print("| --- | ---: | ---: | " + " | ".join("---: | ---:" for _ in forms) + " |")
     for m in modes:
-        seq = statistics.median(results[(m, None)])
-        for k in ks:
-            st = statistics.median(results[(m, k)])
-            print(f"| {m} | {k} | {seq:.0f} | {st:.0f} | {st / seq:.2f}x |")
+        seq = statistics.median(results[(m, None, "")])
+        cells = [f"{statistics.median(results[(m, k, f)]):.0f} | {statistics.median(results[(m, k, f)]) / seq:.2f}x"
+                 for k in ks for f in forms]
+        for i, k in enumerate(ks):
+            print(f"| {m} | {k} | {seq:.0f} | " + " | ".join(cells[i * len(forms):(i + 1) * len(forms)]) + " |")
 
 
 if __name__ == "__main__":

@@ -189,6 +189,8 @@ class GridConfig:
     independent_seeds: bool = False
     max_stack: Optional[int] = None
     save_checkpoints: bool = False
+    # how vmap runs stacked convolutions and batch norms (cifar100_func.batching); auto: per_model if eager on a CPU
+    batching: Literal["auto", "per_model", "grouped"] = "auto"
 
     def validate(self) -> None:
         _range("grid.epochs", self.epochs, 1, 100000)

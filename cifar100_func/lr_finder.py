@@ -28,7 +28,8 @@ from .data import Dataset
 from .io import atomic_write_json, atomic_write_text
 from .loader import Pipeline, steps_per_epoch, train_batches
 from .optim import make_optimizer
-from .stacked import init_stack, make_stacked_step
+from .batching import uses_per_model
+from .stacked import init_stack, make_stacked_step, with_stacked_rules
 from .step import make_train_step
 from .trainer import arch_from
 
@@ -83,11 +84,14 @@ def find_lr(cfg: Config, data: Dataset, device: torch.device, progress_every: in
     active = torch.ones(k, dtype=torch.bool, device=device)
     step = make_stacked_step(make_train_step(optimizer, label_smoothing=tc.label_smoothing,
                                              precision=tc.precision, device_type=device.type), shared_data=False)
-    if tc.compile and n_steps >= 200:  # compiling (a minute or more on a small CPU) pays off only on long runs
+    compile_step = tc.compile and n_steps >= 200  # compiling (a minute or more on 2 cores) pays off on long runs
+    if compile_step:
         from .trainer import compiled
 
         step = compiled(step, log)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, channels_last=False)  # stacked: NCHW
+    step = with_stacked_rules(step, cfg.grid.batching, compile_step)
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device,  # as the grid's stacks (stacked.fit_stack)
+                           channels_last=tc.channels_last and uses_per_model(device, cfg.grid.batching, compile_step))
     streams = [train_batches(data.train, pipe, tc.batch_size, s, 0) for s in seeds]
     wd = torch.full((k,), tc.optimizer.weight_decay, device=device)
     losses: list[np.ndarray] = []

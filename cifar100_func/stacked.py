@@ -15,11 +15,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch.func import vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 from tqdm import tqdm
 
 from . import model
 from .config import Config
+from .batching import per_model_rules, uses_per_model
 from .data import Dataset, Split
 from .loader import Pipeline, eval_batches, steps_per_epoch, train_batches
 from .optim import make_optimizer
@@ -53,13 +54,19 @@ def init_stack(arch: model.Arch, seeds: Sequence[int], optimizer, precision: str
 
 
 def make_stacked_step(step_fn: Callable, shared_data: bool) -> Callable:
-    """``(P, S, O, H, x, y, active) -> (P, S, O, loss[K], correct[K], active)`` with diverged models frozen."""
+    """``(P, S, O, H, x, y, active) -> (P, S, O, loss[K], correct[K], active)`` with diverged models frozen.
+
+    A member's step is rejected, and the member frozen at its last good weights from then on, when its loss or
+    any of its new weights is not finite; a rejected step reports a NaN loss (so the first NaN marks it).
+    """
     data_dim = None if shared_data else 0
     vstep = vmap(step_fn, in_dims=(0, 0, 0, 0, data_dim, data_dim))
 
     def stacked_step(P, S, O, H, x, y, active):
         nP, nS, nO, loss, correct = vstep(P, S, O, H, x, y)
-        ok = active & torch.isfinite(loss)
+        finite_weights = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in tree_leaves(nP)]).all(0)
+        ok = active & torch.isfinite(loss) & finite_weights
+        loss = torch.where(ok, loss, torch.full_like(loss, float("nan")))
         return tree_where(ok, nP, P), tree_where(ok, nS, S), tree_where(ok, nO, O), loss, correct, ok
 
     return stacked_step
@@ -67,6 +74,18 @@ def make_stacked_step(step_fn: Callable, shared_data: bool) -> Callable:
 
 def make_stacked_eval(eval_step: Callable) -> Callable:
     return vmap(eval_step, in_dims=(0, 0, None, None))
+
+
+def with_stacked_rules(fn: Callable, formulation: str = "auto", compiled: bool = False) -> Callable:
+    """``fn`` (a stacked step or eval) called inside :func:`.batching.per_model_rules` for the device of its
+    batch (the rules must be in force when ``torch.compile`` traces, so they cannot live inside ``fn``)."""
+
+    def call(P, S, *rest):
+        x = rest[-3] if len(rest) == 5 else rest[0]  # step: (O, H, x, y, active); eval: (x, y)
+        with per_model_rules(x.device, formulation, compiled):
+            return fn(P, S, *rest)
+
+    return call
 
 
 @dataclass
@@ -85,7 +104,7 @@ class StackResult:
     state: Any
     metrics: list[list[dict]]  # per member, one record per epoch
     step_losses: torch.Tensor  # (total steps, K)
-    diverged_at: list[int | None]  # global step (1-based) of the first non-finite loss, per member
+    diverged_at: list[int | None]  # global step (1-based) of the first rejected step, per member
     model_images_per_sec: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -128,8 +147,12 @@ def fit_stack(cfg: Config, data: Dataset, device: torch.device, arch: model.Arch
         from .trainer import compiled
 
         stacked_step, stacked_eval = compiled(stacked_step), compiled(stacked_eval)
-    # NCHW batches: the stacked 5-D weights have no channels_last form (as in benchmarks/bench_grid.py)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, channels_last=False)
+    form = cfg.grid.batching
+    stacked_step = with_stacked_rules(stacked_step, form, compile_step)
+    stacked_eval = with_stacked_rules(stacked_eval, form, compile_step)
+    # per-model kernels read channels-last batches; vmap's grouped kernels are faster on NCHW ones
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device,
+                           channels_last=tc.channels_last and uses_per_model(device, form, compile_step))
     steps = steps_per_epoch(len(data.train), tc.batch_size)
     schedule = make_schedule(tc.scheduler, steps * epochs)
     losses = torch.zeros(steps * epochs, k, device=device, dtype=losses_dtype)

@@ -41,12 +41,14 @@ def test_stack_equals_sequential_runs(tiny_config, independent, precision, optim
                                       check_params):
     """Stacked vs one-by-one: every step's loss, the final params and BN state.
 
-    vmap runs grouped kernels that round differently from one model alone, and training a BN net amplifies that
-    rounding about 3x per step (with Adam a near-zero gradient's sign decides a full lr-sized step), so after a
+    Under vmap some kernels round differently from one model alone (the per-model rules of
+    cifar100_func.batching make convolutions and batch norms the same kernels; reductions elsewhere, such as the
+    loss, still differ in the last bit), and training a BN net amplifies that rounding about 3x per step (with Adam a near-zero gradient's sign decides a full lr-sized step), so after a
     few fp32 steps single weights differ by ~1e-4 absolute. Hence: fp32, 3 steps, every loss within rtol 1e-4;
     fp64, 2 epochs, every loss, weight and BN statistic within rtol 1e-7 (the maths is the same).
     """
-    cfg, data, arch = _setup(tiny_config, {"train": {"precision": precision, "optimizer": {"name": optimizer}},
+    cfg, data, arch = _setup(tiny_config, {"train": {"precision": precision, "optimizer": {"name": optimizer},
+                                                     "channels_last": True},  # both paths: the same conv kernels
                                            "dataset": {"synthetic": {"train_size": 100 + 32 * steps}}})
     seeds = [7 + i if independent else 7 for i in range(3)]
     members = [Member(f"m{i}", lr, wd, s) for i, ((lr, wd), s) in enumerate(zip(CONFIGS, seeds))]
@@ -95,6 +97,21 @@ def test_max_stack_and_grouping_do_not_change_results(tiny_config):
         assert a["config"] == b["config"]
         assert a["final_val_acc"] == b["final_val_acc"]
         assert a["history"][-1]["train_loss"] == pytest.approx(b["history"][-1]["train_loss"], rel=1e-9)
+
+
+@pytest.mark.parametrize("independent", [False, True])
+def test_batching_formulations_agree(tiny_config, independent):
+    """Per-model kernels (cifar100_func.batching) and vmap's grouped ones: the same training, fp64."""
+    results = []
+    for form in ("per_model", "grouped"):
+        cfg, data, arch = _setup(tiny_config, {"train": {"precision": "fp64", "channels_last": True},
+                                               "grid": {"batching": form}})
+        members = [Member(f"m{i}", lr, wd, 5 + i * independent) for i, (lr, wd) in enumerate(CONFIGS)]
+        results.append(fit_stack(cfg, data, DEV, arch, members, 1, shared_data=not independent, progress=False))
+    a, b = results
+    torch.testing.assert_close(a.step_losses, b.step_losses, rtol=1e-9, atol=1e-12)
+    for x, y in zip(tree_leaves((a.params, a.state)), tree_leaves((b.params, b.state))):
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10)
 
 
 def test_grid_command_outputs(run_cli, tiny_config, tmp_path):

@@ -1,0 +1,128 @@
+"""Per-model batching rules: vmap runs stacked convolutions and batch norms as one dense kernel per model.
+
+``torch.func.vmap`` turns a convolution whose weights carry a model axis into one *grouped* convolution
+(the K models folded into the channels), and a batch norm with per-model affine parameters into separate
+normalise / multiply / add kernels. On a CPU, oneDNN's grouped kernels take 2-4x the time of K dense
+convolutions of the same shapes (``benchmarks/bench_conv.py``), and the unfused batch norm several times
+the fused kernel. Inside :func:`per_model_rules`, ``aten::convolution``, ``aten::native_batch_norm`` and
+their backward operators get a batching rule that calls the standard path's own kernel once per model, on
+channels-last inputs, and stacks the results so that every model stays channels-last (the next layer reads
+it without a copy). The model is unchanged (``F.conv2d`` and ``F.batch_norm`` written for one model); each
+model's result comes from its own inputs through the very kernel a sequential run calls, so models never mix
+and a stack reproduces sequential runs bit for bit in the convolutions' weight gradients.
+
+Formulations: ``per_model`` (these rules), ``grouped`` (vmap's built-in rules), ``auto`` (per_model for an eager
+step on a CPU; grouped for a compiled step, see :func:`uses_per_model`, and on other devices, where one large
+kernel should beat K small launches: not measured, no GPU was lent).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+FORMULATIONS = ("auto", "per_model", "grouped")
+
+
+def uses_per_model(device: torch.device | str, formulation: str = "auto", compiled: bool = False) -> bool:
+    """Whether :func:`per_model_rules` installs its rules for ``device`` under ``formulation``.
+
+    ``auto``: per-model on a CPU when the step runs eagerly. A compiled step keeps vmap's grouped rules: there
+    the fused elementwise and reduction kernels dominate, the two formulations ran about as fast (README,
+    "Measured"), and per-model rules unroll K kernels per layer into the graph (compilation grows with K).
+    """
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"batching formulation must be one of {FORMULATIONS}, got {formulation!r}")
+    if formulation == "auto":
+        return torch.device(device).type == "cpu" and not compiled
+    return formulation == "per_model"
+
+
+def _model(t: Tensor | None, batched: bool, i: int, activation: bool) -> Tensor | None:
+    """Model i's slice of ``t`` (all of ``t`` when it is shared by the models); activations channels-last."""
+    if t is None:
+        return None
+    t = t[i] if batched else t
+    return t.contiguous(memory_format=torch.channels_last) if activation and t.ndim == 4 else t
+
+
+def _stack(outs: Sequence[Tensor], activation: bool) -> Tensor:
+    """Per-model results stacked on a new dim 0; channels-last activations stay channels-last per model."""
+    if len(outs) == 1:
+        return outs[0].unsqueeze(0)
+    if activation and outs[0].ndim == 4 and outs[0].is_contiguous(memory_format=torch.channels_last):
+        return torch.stack([o.permute(0, 2, 3, 1) for o in outs]).permute(0, 1, 4, 2, 3)
+    return torch.stack([o.contiguous() for o in outs])
+
+
+def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...]):
+    """A batching rule calling ``op`` once per model on the first ``n_tensors`` arguments' slices.
+
+    ``activations``: which tensor arguments are (N, C, H, W) activations, made channels-last (the first result,
+    an activation or its gradient, stays so); a tensor that is not batched is shared by every model.
+    """
+
+    def rule(info, in_dims, *args):
+        tensors = [t.movedim(d, 0) if (t is not None and d is not None) else t
+                   for t, d in zip(args[:n_tensors], in_dims[:n_tensors])]
+        batched = [d is not None for d in in_dims[:n_tensors]]
+        outs = [op(*(_model(t, b, i, j in activations) for j, (t, b) in enumerate(zip(tensors, batched))),
+                   *args[n_tensors:]) for i in range(info.batch_size)]
+        if isinstance(outs[0], Tensor):
+            return _stack(outs, activation=True), 0
+        results = tuple(None if outs[0][j] is None else _stack([o[j] for o in outs], activation=j == 0)
+                        for j in range(len(outs[0])))
+        return results, tuple(None if r is None else 0 for r in results)
+
+    return rule
+
+
+_batch_norm_per_model = _per_model_rule(torch.ops.aten.native_batch_norm, 5, (0,))
+
+
+def _batch_norm_rule(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest):
+    """Per-model batch norm; stacked running statistics are updated in place, model by model (as the kernel
+    does for one model), so statistics shared by the models cannot be updated."""
+    if training and running_mean is not None and (in_dims[3] is None or in_dims[4] is None):
+        raise RuntimeError("stacked batch norm: running statistics must be stacked (one per model) to be updated")
+    return _batch_norm_per_model(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest)
+
+
+_RULES = {
+    "aten::convolution": _per_model_rule(torch.ops.aten.convolution, 3, (0,)),
+    "aten::convolution_backward": _per_model_rule(torch.ops.aten.convolution_backward, 3, (0, 1)),
+    "aten::native_batch_norm": _batch_norm_rule,
+    "aten::native_batch_norm_backward": _per_model_rule(torch.ops.aten.native_batch_norm_backward, 7, (0, 1)),
+}
+
+
+@contextlib.contextmanager
+def per_model_rules(device: torch.device | str, formulation: str = "auto", compiled: bool = False) -> Iterator[None]:
+    """Within the block, vmapped convolutions and batch norms on ``device`` run per model (see the module).
+
+    The rules are registered with the dispatcher on entry and removed on exit (the built-in rules return).
+    ``torch.compile`` bakes the rule in force at tracing time into the compiled graph.
+    """
+    if not uses_per_model(device, formulation, compiled):
+        yield
+        return
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        with _quiet_override():
+            for name, rule in _RULES.items():
+                torch.library.register_vmap(name, rule, lib=lib)
+        yield
+    finally:
+        lib._destroy()
+
+
+@contextlib.contextmanager
+def _quiet_override() -> Iterator[None]:
+    """Registering over a built-in batching rule warns once per kernel; here that is the point."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Oo]verrid.*")
+        yield
