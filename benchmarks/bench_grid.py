@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_map
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar100_func import model  # noqa: E402
+from cifar100_func.allocator import reuse_freed_memory  # noqa: E402
 from cifar100_func.batching import per_model_rules  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data import load_dataset  # noqa: E402
@@ -103,8 +104,11 @@ def main() -> None:
     ap.add_argument("--batching", default="per_model,grouped",
                     help="formulations of the stacked convolutions to compare (see cifar100_func.batching)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="keep glibc's default allocator settings (cifar100_func.allocator) for both paths")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
+    tuned = not args.no_malloc_tuning and reuse_freed_memory()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     cfg = load_config(args.config, ["dataset.max_train=6400", *args.overrides])
@@ -128,7 +132,7 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"\ndevice {device} ({where}); torch {torch.__version__}; blocks {list(cfg.model.blocks)}, "
           f"mid {cfg.model.bottleneck_mid}; batch {cfg.train.batch_size}; precision {cfg.train.precision}; "
-          f"{args.steps} steps x {args.rounds} rounds (median)")
+          f"{args.steps} steps x {args.rounds} rounds (median); freed memory reused: {tuned}")
     print("| mode | K | sequential (standard path) | "
           + " | ".join(f"stacked, {f} | {f} / sequential" for f in forms) + " |")
     print("| --- | ---: | ---: | " + " | ".join("---: | ---:" for _ in forms) + " |")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from .config import Config, load_config
+from .allocator import reuse_freed_memory
 from .errors import UserError
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequen
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    reuse_freed_memory()  # large activations: reuse heap blocks instead of fresh pages per tensor
     try:
         return int(main(argv) or 0)
     except UserError as exc:

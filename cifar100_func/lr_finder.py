@@ -12,8 +12,8 @@ bound for the lr, not an optimum.
 
 from __future__ import annotations
 
-import io
 import csv
+import io
 import math
 import sys
 from pathlib import Path
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from . import cli
+from .batching import uses_per_model
 from .config import Config
 from .data import Dataset
 from .io import atomic_write_json, atomic_write_text
 from .loader import Pipeline, steps_per_epoch, train_batches
 from .optim import make_optimizer
-from .batching import uses_per_model
 from .stacked import init_stack, make_stacked_step, with_stacked_rules
 from .step import make_train_step
 from .trainer import arch_from

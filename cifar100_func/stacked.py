@@ -19,8 +19,8 @@ from torch.utils._pytree import tree_leaves, tree_map
 from tqdm import tqdm
 
 from . import model
-from .config import Config
 from .batching import per_model_rules, uses_per_model
+from .config import Config
 from .data import Dataset, Split
 from .loader import Pipeline, eval_batches, steps_per_epoch, train_batches
 from .optim import make_optimizer

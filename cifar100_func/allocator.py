@@ -1,0 +1,36 @@
+"""Keep freed host memory for reuse instead of handing it back to the kernel (glibc ``mallopt``).
+
+By default glibc serves every allocation above its mmap threshold (32 MiB at most) with fresh pages from the
+kernel and unmaps them on free, so each large activation tensor of a training step costs page faults and
+zeroing again, step after step. Measured here (``python benchmarks/bench_conv.py`` with and without
+``--no-malloc-tuning``), that made a stacked model's activations, K times larger than one model's, pay far
+more than its share. Raising the mmap threshold to 1 GiB and the trim threshold out of reach makes freed blocks
+stay in the heap and be reused, as a caching allocator would. A no-op where the C library is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1 << 30  # allocations below 1 GiB come from (and return to) the heap
+TRIM_THRESHOLD = 1 << 40  # never give freed heap memory back to the kernel
+
+_done = False
+
+
+def reuse_freed_memory() -> bool:
+    """Apply the settings once per process; True when they took effect."""
+    global _done
+    if _done:
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
+                                                                                        TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): keep the platform's allocator
+        return False
+    _done = ok
+    return ok
