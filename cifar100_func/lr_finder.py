@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 from . import cli
-from .batching import uses_per_model
 from .config import Config
 from .data import Dataset
 from .io import atomic_write_json, atomic_write_text
-from .loader import Pipeline, steps_per_epoch, train_batches
+from .loader import steps_per_epoch, train_batches
 from .optim import make_optimizer
 from .stacked import init_stack, make_stacked_step, with_stacked_rules
 from .step import make_train_step
@@ -89,9 +88,7 @@ def find_lr(cfg: Config, data: Dataset, device: torch.device, progress_every: in
         from .trainer import compiled
 
         step = compiled(step, log)
-    step = with_stacked_rules(step, cfg.grid.batching, compile_step)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device,  # as the grid's stacks (stacked.fit_stack)
-                           channels_last=tc.channels_last and uses_per_model(device, cfg.grid.batching, compile_step))
+    (step,), pipe = with_stacked_rules([step], cfg, device, compile_step)
     streams = [train_batches(data.train, pipe, tc.batch_size, s, 0) for s in seeds]
     wd = torch.full((k,), tc.optimizer.weight_decay, device=device)
     losses: list[np.ndarray] = []

@@ -76,16 +76,26 @@ def make_stacked_eval(eval_step: Callable) -> Callable:
     return vmap(eval_step, in_dims=(0, 0, None, None))
 
 
-def with_stacked_rules(fn: Callable, formulation: str = "auto", compiled: bool = False) -> Callable:
-    """``fn`` (a stacked step or eval) called inside :func:`.batching.per_model_rules` for the device of its
-    batch (the rules must be in force when ``torch.compile`` traces, so they cannot live inside ``fn``)."""
+def with_stacked_rules(fns: Sequence[Callable], cfg: Config, device: torch.device,
+                       compiled: bool) -> tuple[list[Callable], Pipeline]:
+    """Stacked functions (steps, evals) wrapped in the batching rules ``grid.batching`` asks for on ``device``,
+    and the batch pipeline that suits them (channels-last for the per-model kernels, NCHW for the grouped ones).
 
-    def call(P, S, *rest):
-        x = rest[-3] if len(rest) == 5 else rest[0]  # step: (O, H, x, y, active); eval: (x, y)
-        with per_model_rules(x.device, formulation, compiled):
-            return fn(P, S, *rest)
+    The rules are entered around each call, not inside the function, because they must be in force when
+    ``torch.compile`` traces it (entering and leaving costs about 0.2 ms).
+    """
+    form = cfg.grid.batching
 
-    return call
+    def wrap(fn: Callable) -> Callable:
+        def call(*args):
+            with per_model_rules(device, form, compiled):
+                return fn(*args)
+
+        return call
+
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device,
+                           channels_last=cfg.train.channels_last and uses_per_model(device, form, compiled))
+    return [wrap(fn) for fn in fns], pipe
 
 
 @dataclass
@@ -147,12 +157,7 @@ def fit_stack(cfg: Config, data: Dataset, device: torch.device, arch: model.Arch
         from .trainer import compiled
 
         stacked_step, stacked_eval = compiled(stacked_step), compiled(stacked_eval)
-    form = cfg.grid.batching
-    stacked_step = with_stacked_rules(stacked_step, form, compile_step)
-    stacked_eval = with_stacked_rules(stacked_eval, form, compile_step)
-    # per-model kernels read channels-last batches; vmap's grouped kernels are faster on NCHW ones
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device,
-                           channels_last=tc.channels_last and uses_per_model(device, form, compile_step))
+    (stacked_step, stacked_eval), pipe = with_stacked_rules([stacked_step, stacked_eval], cfg, device, compile_step)
     steps = steps_per_epoch(len(data.train), tc.batch_size)
     schedule = make_schedule(tc.scheduler, steps * epochs)
     losses = torch.zeros(steps * epochs, k, device=device, dtype=losses_dtype)
