@@ -16,7 +16,7 @@ import ctypes.util
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 1 << 30  # allocations below 1 GiB come from (and return to) the heap
-TRIM_THRESHOLD = 1 << 40  # never give freed heap memory back to the kernel
+TRIM_THRESHOLD = -1  # never give freed heap memory back to the kernel (mallopt(3): -1 disables trimming)
 
 _done = False
 
@@ -28,6 +28,8 @@ def reuse_freed_memory() -> bool:
         return True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # an int argument: no silent truncation
+        libc.mallopt.restype = ctypes.c_int
         ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
                                                                                         TRIM_THRESHOLD))
     except (OSError, AttributeError):  # not glibc (musl, macOS, Windows): keep the platform's allocator

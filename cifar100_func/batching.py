@@ -48,33 +48,42 @@ def _model(t: Tensor | None, batched: bool, i: int, activation: bool) -> Tensor 
     return t.contiguous(memory_format=torch.channels_last) if activation and t.ndim == 4 else t
 
 
-def _stack(outs: Sequence[Tensor], activation: bool) -> Tensor:
-    """Per-model results stacked on a new dim 0; channels-last activations stay channels-last per model."""
-    if len(outs) == 1:
-        return outs[0].unsqueeze(0)
-    if activation and outs[0].ndim == 4 and outs[0].is_contiguous(memory_format=torch.channels_last):
-        return torch.stack([o.permute(0, 2, 3, 1) for o in outs]).permute(0, 1, 4, 2, 3)
-    return torch.stack([o.contiguous() for o in outs])
+def _stacked_like(first: Tensor, k: int, activation: bool) -> Tensor:
+    """An empty (K, *first.shape) buffer; for a channels-last activation every model's slice is channels-last."""
+    if activation and first.ndim == 4 and first.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = first.shape
+        return first.new_empty((k, n, h, w, c)).permute(0, 1, 4, 2, 3)
+    return first.new_empty((k, *first.shape))
 
 
 def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...]):
     """A batching rule calling ``op`` once per model on the first ``n_tensors`` arguments' slices.
 
     ``activations``: which tensor arguments are (N, C, H, W) activations, made channels-last (the first result,
-    an activation or its gradient, stays so); a tensor that is not batched is shared by every model.
+    an activation or its gradient, stays so); a tensor that is not batched is shared by every model. Each
+    model's results are copied into the stacked outputs as soon as they are computed, while still in cache.
     """
 
     def rule(info, in_dims, *args):
         tensors = [t.movedim(d, 0) if (t is not None and d is not None) else t
                    for t, d in zip(args[:n_tensors], in_dims[:n_tensors])]
         batched = [d is not None for d in in_dims[:n_tensors]]
-        outs = [op(*(_model(t, b, i, j in activations) for j, (t, b) in enumerate(zip(tensors, batched))),
-                   *args[n_tensors:]) for i in range(info.batch_size)]
-        if isinstance(outs[0], Tensor):
-            return _stack(outs, activation=True), 0
-        results = tuple(None if outs[0][j] is None else _stack([o[j] for o in outs], activation=j == 0)
-                        for j in range(len(outs[0])))
-        return results, tuple(None if r is None else 0 for r in results)
+        stacked: list[Tensor | None] = []
+        single = False
+        for i in range(info.batch_size):
+            out = op(*(_model(t, b, i, j in activations) for j, (t, b) in enumerate(zip(tensors, batched))),
+                     *args[n_tensors:])
+            single = isinstance(out, Tensor)
+            outs = (out,) if single else out
+            if i == 0:
+                stacked = [None if o is None else _stacked_like(o, info.batch_size, activation=j == 0)
+                           for j, o in enumerate(outs)]
+            for buf, o in zip(stacked, outs):
+                if buf is not None:
+                    buf[i].copy_(o)
+        if single:
+            return stacked[0], 0
+        return tuple(stacked), tuple(None if r is None else 0 for r in stacked)
 
     return rule
 
