@@ -18,7 +18,7 @@ kernel should beat K small launches: not measured, no GPU was lent).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -56,25 +56,34 @@ def _stacked_like(first: Tensor, k: int, activation: bool) -> Tensor:
     return first.new_empty((k, *first.shape))
 
 
-def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...]):
+def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...], op_out: Callable | None = None):
     """A batching rule calling ``op`` once per model on the first ``n_tensors`` arguments' slices.
 
     ``activations``: which tensor arguments are (N, C, H, W) activations, made channels-last (the first result,
     an activation or its gradient, stays so); a tensor that is not batched is shared by every model. Each
-    model's results are copied into the stacked outputs as soon as they are computed, while still in cache.
+    model's results are copied into the stacked outputs as soon as they are computed, while still in cache;
+    where the kernel has an ``out=`` form (``op_out(args, outs)``), models after the first write straight into
+    their slices and nothing is copied. One model: its results are the stack, as they are.
     """
 
     def rule(info, in_dims, *args):
         tensors = [t.movedim(d, 0) if (t is not None and d is not None) else t
                    for t, d in zip(args[:n_tensors], in_dims[:n_tensors])]
         batched = [d is not None for d in in_dims[:n_tensors]]
+        rest = args[n_tensors:]
         stacked: list[Tensor | None] = []
         single = False
         for i in range(info.batch_size):
-            out = op(*(_model(t, b, i, j in activations) for j, (t, b) in enumerate(zip(tensors, batched))),
-                     *args[n_tensors:])
+            model_args = [_model(t, b, i, j in activations) for j, (t, b) in enumerate(zip(tensors, batched))]
+            if i > 0 and op_out is not None:
+                op_out(*model_args, *rest, outs=[None if buf is None else buf[i] for buf in stacked])
+                continue
+            out = op(*model_args, *rest)
             single = isinstance(out, Tensor)
             outs = (out,) if single else out
+            if info.batch_size == 1:
+                stacked = [None if o is None else o.unsqueeze(0) for o in outs]
+                break
             if i == 0:
                 stacked = [None if o is None else _stacked_like(o, info.batch_size, activation=j == 0)
                            for j, o in enumerate(outs)]
@@ -88,7 +97,11 @@ def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...]):
     return rule
 
 
-_batch_norm_per_model = _per_model_rule(torch.ops.aten.native_batch_norm, 5, (0,))
+def _batch_norm_out(*args, outs: list[Tensor]) -> None:
+    torch.ops.aten.native_batch_norm.out(*args, out=outs[0], save_mean=outs[1], save_invstd=outs[2])
+
+
+_batch_norm_per_model = _per_model_rule(torch.ops.aten.native_batch_norm, 5, (0,), _batch_norm_out)
 
 
 def _batch_norm_rule(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest):

@@ -21,7 +21,7 @@ def test_reuse_freed_memory_is_idempotent_and_applies_on_glibc():
 def test_freed_large_blocks_are_reused_without_page_faults():
     """A freed 64 MiB block comes back from the heap: no fresh pages (page faults) for the next one.
 
-    Allocated as PyTorch's CPU allocator does (64-byte aligned ``posix_memalign``), written, freed, five times.
+    Allocated as PyTorch's CPU allocator does (64-byte aligned ``posix_memalign``), written, freed, 20 times.
     With glibc's defaults each block is a new mmap faulted in page by page (16,384 faults); with a zero trim
     threshold the heap is trimmed on every free, with the same result.
     """
