@@ -191,6 +191,9 @@ class GridConfig:
     save_checkpoints: bool = False
     # how vmap runs stacked convolutions and batch norms (cifar100_func.batching); auto: per_model if eager on a CPU
     batching: Literal["auto", "per_model", "grouped"] = "auto"
+    # compile the stacked step: null follows train.compile for stacks of at least 200 steps (shorter ones
+    # spend more time compiling than it saves); true / false force it
+    compile: Optional[bool] = None
 
     def validate(self) -> None:
         _range("grid.epochs", self.epochs, 1, 100000)

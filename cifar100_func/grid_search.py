@@ -28,7 +28,9 @@ from .config import Config, parse_override
 from .data import Dataset
 from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
+from .loader import steps_per_epoch
 from .stacked import Member, fit_stack, unstack
+from .trainer import worth_compiling
 
 ONLY_KEYS = {
     "lr": "lr", "train.optimizer.lr": "lr",
@@ -106,6 +108,10 @@ def run_grid(cfg: Config, data: Dataset, device: torch.device, points: list[Grid
     """Train every point, stack by stack; returns one summary row per point (metrics in ``row["history"]``)."""
     rows: list[dict] = []
     metrics_lines: list[str] = []
+    compile_step = cfg.grid.compile
+    if compile_step is None:
+        compile_step = worth_compiling(cfg.train.compile, steps_per_epoch(len(data.train), cfg.train.batch_size)
+                                       * cfg.grid.epochs)
     for n, stack in enumerate(stacks(points, cfg.grid.max_stack), start=1):
         arch = model.Arch(stack[0].blocks, stack[0].mid, data.num_classes)
         members = [Member(p.name, p.lr, p.weight_decay, member_seed(cfg, p)) for p in stack]
@@ -113,7 +119,7 @@ def run_grid(cfg: Config, data: Dataset, device: torch.device, points: list[Grid
         log(f"{desc}: {len(stack)} models ({', '.join(m.name for m in members)})")
         t0 = time.perf_counter()
         res = fit_stack(cfg, data, device, arch, members, cfg.grid.epochs,
-                        shared_data=not cfg.grid.independent_seeds, compile_step=cfg.train.compile,
+                        shared_data=not cfg.grid.independent_seeds, compile_step=compile_step,
                         desc=desc, progress=progress)
         log(f"{desc}: {time.perf_counter() - t0:.0f}s (first step, with any compilation: "
             f"{res.extra['first_step_seconds']:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")

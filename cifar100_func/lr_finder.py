@@ -30,7 +30,7 @@ from .loader import steps_per_epoch, train_batches
 from .optim import make_optimizer
 from .stacked import init_stack, make_stacked_step, with_stacked_rules
 from .step import make_train_step
-from .trainer import arch_from
+from .trainer import arch_from, compiled, worth_compiling
 
 
 def lr_schedule(start: float, end: float, steps: int) -> np.ndarray:
@@ -83,10 +83,8 @@ def find_lr(cfg: Config, data: Dataset, device: torch.device, progress_every: in
     active = torch.ones(k, dtype=torch.bool, device=device)
     step = make_stacked_step(make_train_step(optimizer, label_smoothing=tc.label_smoothing,
                                              precision=tc.precision, device_type=device.type), shared_data=False)
-    compile_step = tc.compile and n_steps >= 200  # compiling (a minute or more on 2 cores) pays off on long runs
+    compile_step = worth_compiling(tc.compile, n_steps)
     if compile_step:
-        from .trainer import compiled
-
         step = compiled(step, log)
     (step,), pipe = with_stacked_rules([step], cfg, device, compile_step)
     streams = [train_batches(data.train, pipe, tc.batch_size, s, 0) for s in seeds]

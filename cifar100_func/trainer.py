@@ -200,6 +200,15 @@ def fit(cfg: Config, data: Dataset, device: torch.device, files: RunFiles | None
     return FitResult(params, state, metrics, best_acc, best_epoch, step_losses)
 
 
+MIN_STEPS_TO_COMPILE = 200  # below this, compiling (a minute or more per step function on 2 cores) costs more
+
+
+def worth_compiling(enabled: bool, n_steps: int) -> bool:
+    """Whether a run of ``n_steps`` steps with ``compile`` set to ``enabled`` should be compiled: short runs
+    (the LR finder, a reduced grid's stacks) spend more time compiling than compilation saves."""
+    return enabled and n_steps >= MIN_STEPS_TO_COMPILE
+
+
 def compiled(fn: Callable, log: Callable[[str], None] = print) -> Callable:
     """``torch.compile(fn)``, falling back to eager (with one warning) where compilation is unavailable.
 

@@ -33,6 +33,8 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     assert cfg.train.optimizer.lr == 0.005 and cfg.model.blocks == (2, 2, 2)
     assert cfg.train.optimizer.eps == 1e-7 and cfg.dataset.max_train == 100
     assert (REPO / "configs" / "config.yaml").read_text() == before  # overrides never touch the file
+    for value, expected in (("null", None), ("true", True), ("false", False)):
+        assert load_config(REPO / "configs" / "config.yaml", [f"grid.compile={value}"]).grid.compile is expected
 
 
 @pytest.mark.parametrize(
@@ -52,6 +54,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
         (["dataset.val_size=0"], "dataset.val_size"),
         (["hparams.lr=[]"], "hparams.lr"),
         (["train.channels_last=yes please"], "train.channels_last: expected bool"),
+        (["grid.compile=sometimes"], "grid.compile"),
     ],
 )
 def test_bad_values_name_the_key(overrides, needle):

@@ -165,3 +165,31 @@ def test_bf16_stack_runs_and_matches_single_models_loosely(tiny_config):
     for j, (lr, wd) in enumerate(CONFIGS):
         seq = _sequential(cfg, data, lr, wd, 5, 1)
         torch.testing.assert_close(res.step_losses[:, j], torch.tensor(seq.step_losses), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("grid_compile, train_compile, train_size, expected", [
+    (None, True, 64 * 250, True),  # 250 steps per stack: compiling pays
+    (None, True, 64 * 50, False),  # 50 steps: it would not
+    (None, False, 64 * 250, False),
+    (True, False, 64 * 50, True),  # forced either way
+    (False, True, 64 * 250, False),
+])
+def test_stacks_compile_only_when_it_pays(tiny_config, monkeypatch, grid_compile, train_compile, train_size,
+                                          expected):
+    """``grid.compile: null`` follows ``train.compile`` for stacks of at least 200 steps; true/false force it."""
+    cfg, data, _ = _setup(tiny_config, {"train": {"compile": train_compile, "batch_size": 64},
+                                        "grid": {"compile": grid_compile},
+                                        "dataset": {"synthetic": {"train_size": train_size}}})
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit_stack(*args, compile_step, **kwargs):
+        seen.append(compile_step)
+        raise Stop
+
+    monkeypatch.setattr(grid_search, "fit_stack", fake_fit_stack)
+    with pytest.raises(Stop):
+        grid_search.run_grid(cfg, data, DEV, grid_search.expand(cfg), None, progress=False, log=lambda s: None)
+    assert seen == [expected]
