@@ -112,11 +112,17 @@ def _batch_norm_rule(info, in_dims, x, weight, bias, running_mean, running_var, 
     return _batch_norm_per_model(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest)
 
 
+def _threshold_backward_out(grad, x, threshold, *, outs: list[Tensor]) -> None:
+    torch.ops.aten.threshold_backward.grad_input(grad, x, threshold, grad_input=outs[0])
+
+
 _RULES = {
     "aten::convolution": _per_model_rule(torch.ops.aten.convolution, 3, (0,)),
     "aten::convolution_backward": _per_model_rule(torch.ops.aten.convolution_backward, 3, (0, 1)),
     "aten::native_batch_norm": _batch_norm_rule,
     "aten::native_batch_norm_backward": _per_model_rule(torch.ops.aten.native_batch_norm_backward, 7, (0, 1)),
+    # ReLU's backward: over a K-times larger stacked activation the kernel ran 2.3x slower than K per-model calls
+    "aten::threshold_backward": _per_model_rule(torch.ops.aten.threshold_backward, 2, (), _threshold_backward_out),
 }
 
 
