@@ -18,7 +18,7 @@ kernel should beat K small launches: not measured, no GPU was lent).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -40,12 +40,18 @@ def uses_per_model(device: torch.device | str, formulation: str = "auto", compil
     return formulation == "per_model"
 
 
-def _model(t: Tensor | None, batched: bool, i: int, activation: bool) -> Tensor | None:
-    """Model i's slice of ``t`` (all of ``t`` when it is shared by the models); activations channels-last."""
+def _slices(t: Tensor | None, dim: int | None, k: int, activation: bool) -> Sequence[Tensor | None]:
+    """The k per-model slices of ``t`` along ``dim`` (``t`` itself k times when the models share it);
+    4-D activations channels-last."""
     if t is None:
-        return None
-    t = t[i] if batched else t
-    return t.contiguous(memory_format=torch.channels_last) if activation and t.ndim == 4 else t
+        return [None] * k
+    if dim is None:
+        t = t.contiguous(memory_format=torch.channels_last) if activation and t.ndim == 4 else t
+        return [t] * k
+    parts = t.unbind(dim)
+    if activation and t.ndim == 5:
+        parts = tuple(part.contiguous(memory_format=torch.channels_last) for part in parts)
+    return parts
 
 
 def _stacked_like(first: Tensor, k: int, activation: bool) -> Tensor:
@@ -67,29 +73,29 @@ def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...], op_out: Ca
     """
 
     def rule(info, in_dims, *args):
-        tensors = [t.movedim(d, 0) if (t is not None and d is not None) else t
-                   for t, d in zip(args[:n_tensors], in_dims[:n_tensors])]
-        batched = [d is not None for d in in_dims[:n_tensors]]
+        k = info.batch_size
+        per_arg = [_slices(t, d, k, j in activations) for j, (t, d) in enumerate(zip(args[:n_tensors], in_dims))]
         rest = args[n_tensors:]
         stacked: list[Tensor | None] = []
+        views: list[Sequence[Tensor] | None] = []
         single = False
-        for i in range(info.batch_size):
-            model_args = [_model(t, b, i, j in activations) for j, (t, b) in enumerate(zip(tensors, batched))]
+        for i in range(k):
+            model_args = [slices[i] for slices in per_arg]
             if i > 0 and op_out is not None:
-                op_out(*model_args, *rest, outs=[None if buf is None else buf[i] for buf in stacked])
+                op_out(*model_args, *rest, outs=[None if v is None else v[i] for v in views])
                 continue
             out = op(*model_args, *rest)
             single = isinstance(out, Tensor)
             outs = (out,) if single else out
-            if info.batch_size == 1:
+            if k == 1:
                 stacked = [None if o is None else o.unsqueeze(0) for o in outs]
                 break
             if i == 0:
-                stacked = [None if o is None else _stacked_like(o, info.batch_size, activation=j == 0)
-                           for j, o in enumerate(outs)]
-            for buf, o in zip(stacked, outs):
-                if buf is not None:
-                    buf[i].copy_(o)
+                stacked = [None if o is None else _stacked_like(o, k, activation=j == 0) for j, o in enumerate(outs)]
+                views = [None if buf is None else buf.unbind(0) for buf in stacked]
+            for v, o in zip(views, outs):
+                if v is not None:
+                    v[i].copy_(o)
         if single:
             return stacked[0], 0
         return tuple(stacked), tuple(None if r is None else 0 for r in stacked)
