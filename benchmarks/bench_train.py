@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import reference  # noqa: E402
+from cifar100_func.allocator import reuse_freed_memory  # noqa: E402
 from cifar100_func.checkpoint import tree_to  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data import load_dataset  # noqa: E402
@@ -85,7 +86,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default="fp32,fp32-cl,bf16-cl",
                     help="comma list of ours: fp32 | fp32-cl | bf16 | bf16-cl, suffix -compile to compile")
+    ap.add_argument("--no-malloc-tuning", action="store_true",
+                    help="keep glibc's default allocator settings (cifar100_func.allocator) for every pipeline")
     args = ap.parse_args()
+    tuned = not args.no_malloc_tuning and reuse_freed_memory()  # as every command does; the reference shares it
     cfg = load_config(args.config)
     data = load_dataset(cfg.dataset, args.data_root)
     device = torch.device(args.device)
@@ -104,7 +108,7 @@ def main() -> None:
     ref = statistics.median(results["reference"])
     print(f"\n{'data' if not data.synthetic else 'SYNTHETIC data'}: {data.source}; device {device}; "
           f"batch {cfg.train.batch_size}; torch {torch.__version__}; {torch.get_num_threads()} threads; "
-          f"{args.steps} steps x {args.rounds} rounds (median)")
+          f"{args.steps} steps x {args.rounds} rounds (median); freed memory reused: {tuned}")
     print("| pipeline | images/s | vs reference |\n| --- | ---: | ---: |")
     for name in names:
         med = statistics.median(results[name])
