@@ -2,14 +2,15 @@
 
 ``torch.func.vmap`` turns a convolution whose weights carry a model axis into one *grouped* convolution
 (the K models folded into the channels), and a batch norm with per-model affine parameters into separate
-normalise / multiply / add kernels. On a CPU, oneDNN's grouped kernels take 2-4x the time of K dense
-convolutions of the same shapes (``benchmarks/bench_conv.py``), and the unfused batch norm several times
-the fused kernel. Inside :func:`per_model_rules`, ``aten::convolution``, ``aten::native_batch_norm``, their
-backward operators and ReLU's backward (``aten::threshold_backward``, slower over a K-times larger tensor than K
-calls) get a batching rule that calls the standard path's own kernel once per model, on channels-last inputs,
-and stacks the results so that every model stays channels-last (the next layer reads it without a copy). The model is unchanged (``F.conv2d`` and ``F.batch_norm`` written for one model); each
-model's result comes from its own inputs through the very kernel a sequential run calls, so models never mix
-and a stack reproduces sequential runs bit for bit in the convolutions' weight gradients.
+normalise / multiply / add kernels. On a CPU, oneDNN's grouped kernels take up to 1.8x the time of K dense
+convolutions of the same shapes (``benchmarks/bench_conv.py``), and the unfused batch norm several times the
+fused kernel. Inside :func:`per_model_rules`, ``aten::convolution``, ``aten::native_batch_norm``, their backward
+operators and ReLU's backward (``aten::threshold_backward``, slower over a K-times larger tensor than in K calls)
+get a batching rule that calls the standard path's own kernel once per model, on channels-last inputs, and stacks
+the results so that every model stays channels-last (the next layer reads it without a copy). The model is
+unchanged (``F.conv2d`` and ``F.batch_norm`` written for one model); each model's result comes from its own
+inputs through the very kernel a sequential run calls, so models never mix and a stack reproduces sequential
+runs bit for bit in the convolutions' weight gradients.
 
 Formulations: ``per_model`` (these rules), ``grouped`` (vmap's built-in rules), ``auto`` (per_model for an eager
 step on a CPU; grouped for a compiled step, see :func:`uses_per_model`, and on other devices, where one large
