@@ -63,20 +63,37 @@ def _stacked_like(first: Tensor, k: int, activation: bool) -> Tensor:
     return first.new_empty((k, *first.shape))
 
 
-def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...], op_out: Callable | None = None):
+def _stack(outs: Sequence[Tensor], activation: bool) -> Tensor:
+    """Per-model results stacked on a new dim 0 without mutation (traceable); channels-last stays so per model."""
+    if activation and outs[0].ndim == 4 and outs[0].is_contiguous(memory_format=torch.channels_last):
+        return torch.stack([o.permute(0, 2, 3, 1) for o in outs]).permute(0, 1, 4, 2, 3)
+    return torch.stack(list(outs))
+
+
+def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...], op_out: Callable | None = None,
+                    functional: bool = False):
     """A batching rule calling ``op`` once per model on the first ``n_tensors`` arguments' slices.
 
     ``activations``: which tensor arguments are (N, C, H, W) activations, made channels-last (the first result,
     an activation or its gradient, stays so); a tensor that is not batched is shared by every model. Each
     model's results are copied into the stacked outputs as soon as they are computed, while still in cache;
     where the kernel has an ``out=`` form (``op_out(args, outs)``), models after the first write straight into
-    their slices and nothing is copied. One model: its results are the stack, as they are.
+    their slices and nothing is copied. One model: its results are the stack, as they are. ``functional``: for a
+    step that ``torch.compile`` traces, which must not write into tensors it did not get: the per-model results are
+    stacked with ``torch.stack`` (inductor plans that copy itself).
     """
 
     def rule(info, in_dims, *args):
         k = info.batch_size
         per_arg = [_slices(t, d, k, j in activations) for j, (t, d) in enumerate(zip(args[:n_tensors], in_dims))]
         rest = args[n_tensors:]
+        if functional:
+            results = [op(*[slices[i] for slices in per_arg], *rest) for i in range(k)]
+            if isinstance(results[0], Tensor):
+                return _stack(results, activation=True), 0
+            out = tuple(None if results[0][j] is None else _stack([r[j] for r in results], activation=j == 0)
+                        for j in range(len(results[0])))
+            return out, tuple(None if o is None else 0 for o in out)
         stacked: list[Tensor | None] = []
         views: list[Sequence[Tensor] | None] = []
         single = False
@@ -108,29 +125,36 @@ def _batch_norm_out(*args, outs: list[Tensor]) -> None:
     torch.ops.aten.native_batch_norm.out(*args, out=outs[0], save_mean=outs[1], save_invstd=outs[2])
 
 
-_batch_norm_per_model = _per_model_rule(torch.ops.aten.native_batch_norm, 5, (0,), _batch_norm_out)
-
-
-def _batch_norm_rule(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest):
-    """Per-model batch norm; stacked running statistics are updated in place, model by model (as the kernel
-    does for one model), so statistics shared by the models cannot be updated."""
-    if training and running_mean is not None and (in_dims[3] is None or in_dims[4] is None):
-        raise RuntimeError("stacked batch norm: running statistics must be stacked (one per model) to be updated")
-    return _batch_norm_per_model(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest)
-
-
 def _threshold_backward_out(grad, x, threshold, *, outs: list[Tensor]) -> None:
     torch.ops.aten.threshold_backward.grad_input(grad, x, threshold, grad_input=outs[0])
 
 
-_RULES = {
-    "aten::convolution": _per_model_rule(torch.ops.aten.convolution, 3, (0,)),
-    "aten::convolution_backward": _per_model_rule(torch.ops.aten.convolution_backward, 3, (0, 1)),
-    "aten::native_batch_norm": _batch_norm_rule,
-    "aten::native_batch_norm_backward": _per_model_rule(torch.ops.aten.native_batch_norm_backward, 7, (0, 1)),
-    # ReLU's backward: over a K-times larger stacked activation the kernel ran 2.3x slower than K per-model calls
-    "aten::threshold_backward": _per_model_rule(torch.ops.aten.threshold_backward, 2, (), _threshold_backward_out),
-}
+def _rules(functional: bool) -> dict[str, Callable]:
+    """The per-model rules by operator; ``functional`` for a step being compiled (see :func:`_per_model_rule`)."""
+    aten = torch.ops.aten
+    batch_norm = _per_model_rule(aten.native_batch_norm, 5, (0,), _batch_norm_out, functional)
+
+    def batch_norm_rule(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest):
+        """Per-model batch norm; stacked running statistics are updated in place, model by model (as the kernel
+        does for one model), so statistics shared by the models cannot be updated."""
+        if training and running_mean is not None and (in_dims[3] is None or in_dims[4] is None):
+            raise RuntimeError("stacked batch norm: running statistics must be stacked (one per model) to be "
+                               "updated")
+        return batch_norm(info, in_dims, x, weight, bias, running_mean, running_var, training, *rest)
+
+    return {
+        "aten::convolution": _per_model_rule(aten.convolution, 3, (0,), None, functional),
+        "aten::convolution_backward": _per_model_rule(aten.convolution_backward, 3, (0, 1), None, functional),
+        "aten::native_batch_norm": batch_norm_rule,
+        "aten::native_batch_norm_backward": _per_model_rule(aten.native_batch_norm_backward, 7, (0, 1), None,
+                                                            functional),
+        # ReLU's backward: over a K-times larger stacked activation the kernel ran 2.3x slower than K per-model calls
+        "aten::threshold_backward": _per_model_rule(aten.threshold_backward, 2, (), _threshold_backward_out,
+                                                    functional),
+    }
+
+
+_RULES = {False: _rules(False), True: _rules(True)}
 
 
 @contextlib.contextmanager
@@ -138,7 +162,8 @@ def per_model_rules(device: torch.device | str, formulation: str = "auto", compi
     """Within the block, vmapped convolutions and batch norms on ``device`` run per model (see the module).
 
     The rules are registered with the dispatcher on entry and removed on exit (the built-in rules return).
-    ``torch.compile`` bakes the rule in force at tracing time into the compiled graph.
+    ``torch.compile`` bakes the rule in force at tracing time into the compiled graph; ``compiled`` selects the
+    rules' functional form, which such a graph needs (no writes into preallocated outputs).
     """
     if not uses_per_model(device, formulation, compiled):
         yield
@@ -146,7 +171,7 @@ def per_model_rules(device: torch.device | str, formulation: str = "auto", compi
     lib = torch.library.Library("aten", "IMPL")
     try:
         with _quiet_override():
-            for name, rule in _RULES.items():
+            for name, rule in _RULES[compiled].items():
                 torch.library.register_vmap(name, rule, lib=lib)
         yield
     finally:
