@@ -70,6 +70,17 @@ def _stack(outs: Sequence[Tensor], activation: bool) -> Tensor:
     return torch.stack(list(outs))
 
 
+def _as_tuple(out: Tensor | Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
+    return (out,) if isinstance(out, Tensor) else tuple(out)
+
+
+def _copy_into(slots: Sequence[Tensor | None], outs: Sequence[Tensor | None]) -> None:
+    """One model's results into its slices of the stacked outputs (results the op did not produce are skipped)."""
+    for slot, out in zip(slots, outs):
+        if slot is not None:
+            slot.copy_(out)
+
+
 def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...], op_out: Callable | None = None,
                     functional: bool = False):
     """A batching rule calling ``op`` once per model on the first ``n_tensors`` arguments' slices.
@@ -87,33 +98,26 @@ def _per_model_rule(op, n_tensors: int, activations: tuple[int, ...], op_out: Ca
         k = info.batch_size
         per_arg = [_slices(t, d, k, j in activations) for j, (t, d) in enumerate(zip(args[:n_tensors], in_dims))]
         rest = args[n_tensors:]
-        if functional:
-            results = [op(*[slices[i] for slices in per_arg], *rest) for i in range(k)]
-            if isinstance(results[0], Tensor):
-                return _stack(results, activation=True), 0
-            out = tuple(None if results[0][j] is None else _stack([r[j] for r in results], activation=j == 0)
-                        for j in range(len(results[0])))
-            return out, tuple(None if o is None else 0 for o in out)
-        stacked: list[Tensor | None] = []
-        views: list[Sequence[Tensor] | None] = []
-        single = False
-        for i in range(k):
-            model_args = [slices[i] for slices in per_arg]
-            if i > 0 and op_out is not None:
-                op_out(*model_args, *rest, outs=[None if v is None else v[i] for v in views])
-                continue
-            out = op(*model_args, *rest)
-            single = isinstance(out, Tensor)
-            outs = (out,) if single else out
-            if k == 1:
-                stacked = [None if o is None else o.unsqueeze(0) for o in outs]
-                break
-            if i == 0:
-                stacked = [None if o is None else _stacked_like(o, k, activation=j == 0) for j, o in enumerate(outs)]
-                views = [None if buf is None else buf.unbind(0) for buf in stacked]
-            for v, o in zip(views, outs):
-                if v is not None:
-                    v[i].copy_(o)
+        model_args = [[slices[i] for slices in per_arg] for i in range(k)]
+        first = op(*model_args[0], *rest)
+        single = isinstance(first, Tensor)
+        firsts = _as_tuple(first)
+        if k == 1:  # one model: its results are the stack
+            stacked = [None if o is None else o.unsqueeze(0) for o in firsts]
+        elif functional:
+            results = [firsts] + [_as_tuple(op(*a, *rest)) for a in model_args[1:]]
+            stacked = [None if o is None else _stack([r[j] for r in results], activation=j == 0)
+                       for j, o in enumerate(firsts)]
+        else:
+            stacked = [None if o is None else _stacked_like(o, k, activation=j == 0) for j, o in enumerate(firsts)]
+            views = [None if buf is None else buf.unbind(0) for buf in stacked]
+            _copy_into([None if v is None else v[0] for v in views], firsts)
+            for i in range(1, k):
+                slots = [None if v is None else v[i] for v in views]
+                if op_out is not None:
+                    op_out(*model_args[i], *rest, outs=slots)
+                else:
+                    _copy_into(slots, _as_tuple(op(*model_args[i], *rest)))
         if single:
             return stacked[0], 0
         return tuple(stacked), tuple(None if r is None else 0 for r in stacked)
