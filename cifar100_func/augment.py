@@ -149,18 +149,33 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.cat((hue[:, None], hsv[:, 1:]), dim=1))
 
 
+def _blend_pass(x: torch.Tensor, factor: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+    """One brightness/contrast/saturation per image (``op[i]``) as a single blend; factor 1 = identity."""
+    gray = grayscale(x)
+    sel = op[:, None, None, None]
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True) * (sel == CONTRAST)  # target 0 for brightness
+    return _blend(x, torch.where(sel == SATURATION, gray, mean), factor)
+
+
 def color_jitter(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
-    """Apply brightness, contrast, saturation and hue in each image's own random order."""
-    ops = {
-        BRIGHTNESS: lambda z: adjust_brightness(z, p.brightness),
-        CONTRAST: lambda z: adjust_contrast(z, p.contrast),
-        SATURATION: lambda z: adjust_saturation(z, p.saturation),
-        HUE: lambda z: adjust_hue(z, p.hue),
-    }
-    for position in range(4):
-        for op, fn in ops.items():
-            chosen = (p.order[:, position] == op)[:, None, None, None]
-            x = torch.where(chosen, fn(x), x)
+    """Apply brightness, contrast, saturation and hue in each image's own random order.
+
+    The three factor ops are one blend with a per-image target (0, gray mean, gray), so the batch takes
+    3 blend passes, ONE hue pass, then 3 more: blend k of an image (its order with hue removed) runs
+    before hue if k < its hue position, else after. No data-dependent shapes or host syncs.
+    """
+    hue_pos = (p.order == HUE).to(torch.int64).argmax(dim=1, keepdim=True)  # (N, 1)
+    k = torch.arange(3, device=p.order.device)
+    ops = p.order.gather(1, k + (k >= hue_pos))  # (N, 3): the blend ops in order, hue skipped
+    factors = torch.stack((p.brightness, p.contrast, p.saturation), dim=1).gather(1, ops)
+    before = k < hue_pos
+    one = torch.ones_like(factors)
+    pre, post = torch.where(before, factors, one), torch.where(before, one, factors)
+    for i in range(3):
+        x = _blend_pass(x, pre[:, i], ops[:, i])
+    x = adjust_hue(x, p.hue)
+    for i in range(3):
+        x = _blend_pass(x, post[:, i], ops[:, i])
     return x
 
 

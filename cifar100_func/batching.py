@@ -13,8 +13,8 @@ inputs through the very kernel a sequential run calls, so models never mix and a
 runs bit for bit in the convolutions' weight gradients.
 
 Formulations: ``per_model`` (these rules), ``grouped`` (vmap's built-in rules), ``auto`` (per_model for an eager
-step on a CPU; grouped for a compiled step, see :func:`uses_per_model`, and on other devices, where one large
-kernel should beat K small launches: not measured, no GPU was lent).
+step on a CPU; grouped for a compiled step, and on CUDA, where one large kernel should beat K small launches and
+the batch norm dispatches to ``cudnn_batch_norm``, which these rules do not cover). :mod:`.backend` decides.
 """
 from __future__ import annotations
 
@@ -23,23 +23,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
-
-FORMULATIONS = ("auto", "per_model", "grouped")
-
-
-def uses_per_model(device: torch.device | str, formulation: str = "auto", compiled: bool = False) -> bool:
-    """Whether :func:`per_model_rules` installs its rules for ``device`` under ``formulation``.
-
-    ``auto``: per-model on a CPU when the step runs eagerly. A compiled step keeps vmap's grouped rules: there
-    the fused elementwise and reduction kernels dominate, the two formulations ran about as fast (README,
-    "Measured"), and per-model rules unroll K kernels per layer into the graph (compilation grows with K).
-    """
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"batching formulation must be one of {FORMULATIONS}, got {formulation!r}")
-    if formulation == "auto":
-        return torch.device(device).type == "cpu" and not compiled
-    return formulation == "per_model"
-
 
 def _slices(t: Tensor | None, dim: int | None, k: int, activation: bool) -> Sequence[Tensor | None]:
     """The k per-model slices of ``t`` along ``dim`` (``t`` itself k times when the models share it);
@@ -162,20 +145,21 @@ _RULES = {False: _rules(False), True: _rules(True)}
 
 
 @contextlib.contextmanager
-def per_model_rules(device: torch.device | str, formulation: str = "auto", compiled: bool = False) -> Iterator[None]:
-    """Within the block, vmapped convolutions and batch norms on ``device`` run per model (see the module).
+def per_model_rules(enabled: bool = True, functional: bool = False) -> Iterator[None]:
+    """Within the block (when ``enabled``), vmapped convolutions and batch norms run per model (see the module).
 
     The rules are registered with the dispatcher on entry and removed on exit (the built-in rules return).
-    ``torch.compile`` bakes the rule in force at tracing time into the compiled graph; ``compiled`` selects the
-    rules' functional form, which such a graph needs (no writes into preallocated outputs).
+    ``torch.compile`` bakes the rule in force at tracing time into the compiled graph; ``functional`` selects the
+    rules' functional form, which such a graph needs (no writes into preallocated outputs). Which device and mode
+    use them is :mod:`.backend`'s decision.
     """
-    if not uses_per_model(device, formulation, compiled):
+    if not enabled:
         yield
         return
     lib = torch.library.Library("aten", "IMPL")
     try:
         with _quiet_override():
-            for name, rule in _RULES[compiled].items():
+            for name, rule in _RULES[functional].items():
                 torch.library.register_vmap(name, rule, lib=lib)
         yield
     finally:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .interop import from_state_dict, to_state_dict
+from .interop import arch_from_state_dict, from_state_dict, to_state_dict
 from .io import atomic_write
 from .model import Arch, Params, State
 
@@ -50,17 +50,24 @@ def is_project_checkpoint(obj: dict) -> bool:
     return obj.get("format") == FORMAT and isinstance(obj.get("state_dict"), dict)
 
 
-def load_weights(path: Path, arch: Arch) -> tuple[Params, State, dict]:
-    """(params, state, checkpoint dict) from a project checkpoint or a plain reference state_dict."""
+def load_weights(path: Path, arch: Arch | None = None) -> tuple[Params, State, dict, Arch]:
+    """(params, state, checkpoint dict, arch) from a project checkpoint or a plain reference state_dict.
+
+    With ``arch=None`` the architecture is read from the state_dict's shapes (:func:`arch_from_state_dict`);
+    a checkpoint's ``"config"`` entry is never consulted, the tensors are the truth. The checkpoint dict is
+    ``{}`` for a plain state_dict. The returned ``Arch`` is the one the weights were loaded into.
+    """
     obj = load_file(path)
     sd = obj["state_dict"] if is_project_checkpoint(obj) else obj
     if not all(isinstance(k, str) for k in sd):
         raise CheckpointError(f"checkpoint {str(path)!r} is neither a project checkpoint nor a state_dict")
     try:
+        if arch is None:
+            arch = arch_from_state_dict(sd)
         params, state = from_state_dict(sd, arch)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return params, state, obj if is_project_checkpoint(obj) else {}
+    return params, state, obj if is_project_checkpoint(obj) else {}, arch
 
 
 def _to_cpu(obj: Any) -> Any:

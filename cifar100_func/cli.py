@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from .config import Config, load_config
-from .allocator import reuse_freed_memory
 from .errors import UserError
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .data import Dataset
 
 DEFAULT_CONFIG = "configs/config.yaml"
@@ -43,14 +43,6 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available on this machine (use --device cpu or auto)")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _raise_interrupt(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -60,7 +52,6 @@ def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequen
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    reuse_freed_memory()  # large activations: reuse heap blocks instead of fresh pages per tensor
     try:
         return int(main(argv) or 0)
     except UserError as exc:
@@ -78,17 +69,23 @@ def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequen
 
 @dataclass
 class Prepared:
-    """What a command has once its flags are read: config, device, data (on the CPU), output folder."""
+    """What a command has once its flags are read: config, backend (device and its choices), data (on the CPU),
+    output folder."""
 
     cfg: Config
-    device: torch.device
+    backend: "Backend"
     data: "Dataset"
     out_dir: Path
     tag: str  # "CIFAR-100 from ..." or a loud SYNTHETIC label, for the first line a command prints
 
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
 
 def prepare(args: argparse.Namespace, folder: str, adjust: Callable[[Config], Config] | None = None) -> Prepared:
-    """Config (with ``adjust`` applied), device, data, and ``<runs_dir>/<folder>`` with the config snapshot."""
+    """Config (with ``adjust`` applied), backend, data, and ``<runs_dir>/<folder>`` with the config snapshot."""
+    from .backend import Backend, resolve_device
     from .config import save_snapshot
     from .data import load_dataset
     from .io import ensure_dir
@@ -98,7 +95,8 @@ def prepare(args: argparse.Namespace, folder: str, adjust: Callable[[Config], Co
         cfg = adjust(cfg)
     device = resolve_device(args.device)
     data = load_dataset(cfg.dataset, args.data_root)
+    backend = Backend.create(cfg, device)
     out_dir = ensure_dir(Path(cfg.paths.runs_dir) / folder)
     save_snapshot(cfg, out_dir / "config.yaml")
     tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
-    return Prepared(cfg, device, data, out_dir, tag)
+    return Prepared(cfg, backend, data, out_dir, tag)

@@ -1,23 +1,25 @@
 """The study's configuration: typed dataclasses, loaded from YAML and validated, with ``--set`` overrides.
 
-Every value is checked when the file is read: an unknown key, a wrong type or an impossible value is a
-``ConfigError`` naming the dotted key. Overrides are applied in memory only; nothing here writes a file
-except :func:`save_snapshot`, which commands call for the copy they keep next to their outputs.
+This module is the schema; the generic checking and conversion is :mod:`cifar100_func.coerce`. Every value
+is checked when the file is read: an unknown key, a wrong type or an impossible value is a ``ConfigError``
+naming the dotted key. The schema's defaults are the values of ``configs/config.yaml``. Overrides are applied
+in memory only; nothing here writes a file except :func:`save_snapshot`, which commands call for the copy
+they keep next to their outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import yaml
 
+from . import coerce
+from .coerce import build, check_positive, check_range, first_line, plain
+from .coerce import parse_override as parse_override  # re-exported: grid_search parses --set with it
 from .errors import ConfigError
 
 
@@ -31,9 +33,9 @@ class SyntheticConfig:
     noise: float = 0.35  # pixel noise around each class prototype; larger is harder
 
     def validate(self) -> None:
-        _positive("dataset.synthetic.train_size", self.train_size)
-        _positive("dataset.synthetic.test_size", self.test_size)
-        _range("dataset.synthetic.noise", self.noise, 0.0, 10.0)
+        check_positive("dataset.synthetic.train_size", self.train_size)
+        check_positive("dataset.synthetic.test_size", self.test_size)
+        check_range("dataset.synthetic.noise", self.noise, 0.0, 10.0)
 
 
 @dataclass
@@ -50,11 +52,11 @@ class DatasetConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self) -> None:
-        _positive("dataset.num_classes", self.num_classes)
-        _positive("dataset.val_size", self.val_size)
+        check_positive("dataset.num_classes", self.num_classes)
+        check_positive("dataset.val_size", self.val_size)
         for key in ("max_train", "max_val", "max_test"):
             if getattr(self, key) is not None:
-                _positive(f"dataset.{key}", getattr(self, key))
+                check_positive(f"dataset.{key}", getattr(self, key))
         if self.name == "synthetic" and self.val_size >= self.synthetic.train_size:
             raise ConfigError(
                 f"dataset.val_size: {self.val_size} must be smaller than dataset.synthetic.train_size "
@@ -70,7 +72,7 @@ class PreprocessConfig:
 
     def validate(self) -> None:
         for i, s in enumerate(self.std):
-            _range(f"preprocess.std[{i}]", s, 1e-6, 10.0)
+            check_range(f"preprocess.std[{i}]", s, 1e-6, 10.0)
 
 
 @dataclass
@@ -84,11 +86,11 @@ class AugmentConfig:
     hue: float = 0.1
 
     def validate(self) -> None:
-        _range("augment.crop_padding", self.crop_padding, 0, 16)
-        _range("augment.hflip_p", self.hflip_p, 0.0, 1.0)
+        check_range("augment.crop_padding", self.crop_padding, 0, 16)
+        check_range("augment.hflip_p", self.hflip_p, 0.0, 1.0)
         for key in ("brightness", "contrast", "saturation"):
-            _range(f"augment.{key}", getattr(self, key), 0.0, 1.0)
-        _range("augment.hue", self.hue, 0.0, 0.5)
+            check_range(f"augment.{key}", getattr(self, key), 0.0, 1.0)
+        check_range("augment.hue", self.hue, 0.0, 0.5)
 
 
 @dataclass
@@ -99,8 +101,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         for i, b in enumerate(self.blocks):
-            _range(f"model.blocks[{i}]", b, 1, 64)
-        _range("model.bottleneck_mid", self.bottleneck_mid, 1, 4096)
+            check_range(f"model.blocks[{i}]", b, 1, 64)
+        check_range("model.bottleneck_mid", self.bottleneck_mid, 1, 4096)
 
 
 @dataclass
@@ -114,12 +116,12 @@ class OptimizerConfig:
     nesterov: bool = True  # sgd only
 
     def validate(self) -> None:
-        _range("train.optimizer.lr", self.lr, 0.0, 100.0, low_open=True)
-        _range("train.optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
+        check_range("train.optimizer.lr", self.lr, 0.0, 100.0, low_open=True)
+        check_range("train.optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
         for i, b in enumerate(self.betas):
-            _range(f"train.optimizer.betas[{i}]", b, 0.0, 1.0, high_open=True)
-        _range("train.optimizer.eps", self.eps, 0.0, 1.0, low_open=True)
-        _range("train.optimizer.momentum", self.momentum, 0.0, 1.0, high_open=True)
+            check_range(f"train.optimizer.betas[{i}]", b, 0.0, 1.0, high_open=True)
+        check_range("train.optimizer.eps", self.eps, 0.0, 1.0, low_open=True)
+        check_range("train.optimizer.momentum", self.momentum, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -131,10 +133,10 @@ class SchedulerConfig:
     min_lr_ratio: float = 0.0  # cosine: final lr = peak * min_lr_ratio
 
     def validate(self) -> None:
-        _range("train.scheduler.warmup_pct", self.warmup_pct, 0.0, 1.0, low_open=True, high_open=True)
-        _range("train.scheduler.div_factor", self.div_factor, 1.0, 1e9)
-        _range("train.scheduler.final_div_factor", self.final_div_factor, 1.0, 1e12)
-        _range("train.scheduler.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range("train.scheduler.warmup_pct", self.warmup_pct, 0.0, 1.0, low_open=True, high_open=True)
+        check_range("train.scheduler.div_factor", self.div_factor, 1.0, 1e9)
+        check_range("train.scheduler.final_div_factor", self.final_div_factor, 1.0, 1e12)
+        check_range("train.scheduler.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
 
 
 @dataclass
@@ -144,17 +146,22 @@ class TrainConfig:
     eval_batch_size: int = 500
     epochs: int = 20
     label_smoothing: float = 0.0
-    precision: Literal["fp32", "bf16", "fp64"] = "fp32"  # fp64: for numerical checks
-    channels_last: bool = False
-    compile: bool = False
+    # auto: bf16 where the device computes it natively (CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX), else
+    # fp32; fp64: for numerical checks
+    precision: Literal["auto", "fp32", "bf16", "fp64"] = "fp32"
+    allow_tf32: bool = False  # CUDA only: TF32 matmuls/convolutions in fp32 runs; off so that CPU and GPU runs agree
+    channels_last: bool = True  # NHWC activations
+    compile: bool = True  # torch.compile the training step
+    # auto: "default" on a CPU, "reduce-overhead" (CUDA graphs) on CUDA
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     def validate(self) -> None:
-        _range("train.batch_size", self.batch_size, 2, 1 << 16)
-        _range("train.eval_batch_size", self.eval_batch_size, 1, 1 << 16)
-        _range("train.epochs", self.epochs, 1, 100000)
-        _range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+        check_range("train.batch_size", self.batch_size, 2, 1 << 16)
+        check_range("train.eval_batch_size", self.eval_batch_size, 1, 1 << 16)
+        check_range("train.epochs", self.epochs, 1, 100000)
+        check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         self.optimizer.validate()
         self.scheduler.validate()
 
@@ -173,14 +180,14 @@ class HparamsConfig:
             if not getattr(self, key):
                 raise ConfigError(f"hparams.{key}: must list at least one value")
         for i, v in enumerate(self.lr):
-            _range(f"hparams.lr[{i}]", v, 0.0, 100.0, low_open=True)
+            check_range(f"hparams.lr[{i}]", v, 0.0, 100.0, low_open=True)
         for i, v in enumerate(self.weight_decay):
-            _range(f"hparams.weight_decay[{i}]", v, 0.0, 10.0)
+            check_range(f"hparams.weight_decay[{i}]", v, 0.0, 10.0)
         for i, bl in enumerate(self.blocks):
             for j, b in enumerate(bl):
-                _range(f"hparams.blocks[{i}][{j}]", b, 1, 64)
+                check_range(f"hparams.blocks[{i}][{j}]", b, 1, 64)
         for i, v in enumerate(self.bottleneck_mid):
-            _range(f"hparams.bottleneck_mid[{i}]", v, 1, 4096)
+            check_range(f"hparams.bottleneck_mid[{i}]", v, 1, 4096)
 
 
 @dataclass
@@ -196,9 +203,9 @@ class GridConfig:
     compile: Optional[bool] = None
 
     def validate(self) -> None:
-        _range("grid.epochs", self.epochs, 1, 100000)
+        check_range("grid.epochs", self.epochs, 1, 100000)
         if self.max_stack is not None:
-            _positive("grid.max_stack", self.max_stack)
+            check_positive("grid.max_stack", self.max_stack)
 
 
 @dataclass
@@ -211,13 +218,13 @@ class LrFinderConfig:
     max_steps: Optional[int] = None  # default: one epoch of batches
 
     def validate(self) -> None:
-        _range("lr_finder.start", self.start, 0.0, 100.0, low_open=True)
-        _range("lr_finder.end", self.end, self.start, 1000.0, low_open=True)
-        _range("lr_finder.seeds", self.seeds, 1, 64)
-        _range("lr_finder.stop_factor", self.stop_factor, 1.0, 1e6, low_open=True)
-        _range("lr_finder.smoothing", self.smoothing, 0.0, 1.0, high_open=True)
+        check_range("lr_finder.start", self.start, 0.0, 100.0, low_open=True)
+        check_range("lr_finder.end", self.end, self.start, 1000.0, low_open=True)
+        check_range("lr_finder.seeds", self.seeds, 1, 64)
+        check_range("lr_finder.stop_factor", self.stop_factor, 1.0, 1e6, low_open=True)
+        check_range("lr_finder.smoothing", self.smoothing, 0.0, 1.0, high_open=True)
         if self.max_steps is not None:
-            _range("lr_finder.max_steps", self.max_steps, 5, 10**7)
+            check_range("lr_finder.max_steps", self.max_steps, 5, 10**7)
 
 
 @dataclass
@@ -234,14 +241,14 @@ class OverfitConfig:
     target_acc: float = 0.98
 
     def validate(self) -> None:
-        _range("overfit.num_train", self.num_train, 2, 10**6)
+        check_range("overfit.num_train", self.num_train, 2, 10**6)
         for i, b in enumerate(self.blocks):
-            _range(f"overfit.blocks[{i}]", b, 1, 64)
-        _range("overfit.bottleneck_mid", self.bottleneck_mid, 1, 4096)
-        _range("overfit.lr", self.lr, 0.0, 100.0, low_open=True)
-        _range("overfit.weight_decay", self.weight_decay, 0.0, 10.0)
-        _range("overfit.epochs", self.epochs, 1, 100000)
-        _range("overfit.target_acc", self.target_acc, 0.0, 1.0)
+            check_range(f"overfit.blocks[{i}]", b, 1, 64)
+        check_range("overfit.bottleneck_mid", self.bottleneck_mid, 1, 4096)
+        check_range("overfit.lr", self.lr, 0.0, 100.0, low_open=True)
+        check_range("overfit.weight_decay", self.weight_decay, 0.0, 10.0)
+        check_range("overfit.epochs", self.epochs, 1, 100000)
+        check_range("overfit.target_acc", self.target_acc, 0.0, 1.0)
 
 
 @dataclass
@@ -249,7 +256,7 @@ class SanityConfig:
     num_samples: int = 8  # images shown before/after augmentation
 
     def validate(self) -> None:
-        _range("sanity.num_samples", self.num_samples, 1, 64)
+        check_range("sanity.num_samples", self.num_samples, 1, 64)
 
 
 @dataclass
@@ -257,13 +264,13 @@ class StudyConfig:
     """The whole study in one command (``cifar100_func.study``)."""
 
     profile: str = "full"  # a name printed in the report ("quick" says plainly that it is a reduced run)
-    description: str = "the study as SPEC.md states it"
+    description: str = "the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)"
     final_from: Literal["grid", "config"] = "grid"  # final run: the grid's best configuration, or train/model as set
     final_epochs: Optional[int] = None  # default: train.epochs
 
     def validate(self) -> None:
         if self.final_epochs is not None:
-            _range("study.final_epochs", self.final_epochs, 1, 100000)
+            check_range("study.final_epochs", self.final_epochs, 1, 100000)
 
 
 @dataclass
@@ -299,154 +306,14 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of YAML-safe values (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
-
-
-# ----------------------------------------------------------------------------------------- validation
-def _positive(key: str, value: int) -> None:
-    if value <= 0:
-        raise ConfigError(f"{key}: must be > 0, got {value!r}")
-
-
-def _range(key: str, value: float, low: float, high: float, *, low_open=False, high_open=False) -> None:
-    bad_low = value <= low if low_open else value < low
-    bad_high = value >= high if high_open else value > high
-    if bad_low or bad_high or (isinstance(value, float) and math.isnan(value)):
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ConfigError(f"{key}: {value!r} is out of range, expected a value in {lo}{low}, {high}{hi}")
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (Union, types.UnionType):
-        names = [_type_name(a) for a in args if a is not type(None)]
-        return " or ".join(names) + (" or null" if type(None) in args else "")
-    if origin in (list, tuple):
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return f"a list of {len(args)} {_type_name(args[0])}s"
-        return f"a list of {_type_name(args[0])}s"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "int", float: "float", bool: "bool", str: "string"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` and convert it (lists to tuples, ints to floats)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    wrong = ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise wrong
-        return _build(tp, value, key)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise wrong
-    if origin is Literal:
-        if value not in args:
-            raise wrong
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise wrong
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {_type_name(tp)}, got {len(value)} values: {value!r}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if tp is float:
-        if isinstance(value, bool):
-            raise wrong
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                raise wrong from None
-        raise wrong
-    if tp is str:
-        if not isinstance(value, str):
-            raise wrong
-        return value
-    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in the schema, not user input
-
-
-def _build(cls: type, data: dict, prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"{where}: unknown key (known keys: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
-    return cls(**kwargs)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+        return plain(dataclasses.asdict(self))
 
 
 # ----------------------------------------------------------------------------------------- loading
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.optimizer.lr=0.005"`` -> (["train", "optimizer", "lr"], 0.005); the value is parsed as YAML."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set {text!r}: expected dotted.key=value, e.g. --set train.optimizer.lr=0.005")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({_first_line(exc)})") from None
-    return key.split("."), value
-
-
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of the raw config mapping with each ``dotted.key=value`` applied."""
-    data = _plain(data)
-    for text in overrides:
-        path, value = parse_override(text)
-        node: Any = data
-        cls: Any = Config
-        for depth, part in enumerate(path):
-            dotted = ".".join(path[: depth + 1])
-            fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-            if part not in fields:
-                raise ConfigError(f"--set {dotted}: no such key (known keys: {', '.join(sorted(fields))})")
-            cls = typing.get_type_hints(cls)[part] if dataclasses.is_dataclass(cls) else None
-            if depth == len(path) - 1:
-                node[part] = value
-            else:
-                if not dataclasses.is_dataclass(cls):
-                    raise ConfigError(f"--set {dotted}: is a value, not a section")
-                node = node.setdefault(part, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"--set {dotted}: is a section in the schema but not in the config file")
-    return data
+    """Return a copy of the raw config mapping with each ``dotted.key=value`` applied (keys checked against
+    :class:`Config`)."""
+    return coerce.apply_overrides(Config, data, overrides)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
@@ -459,7 +326,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: malformed YAML ({_first_line(exc)})") from None
+            raise ConfigError(f"{p}: malformed YAML ({first_line(exc)})") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: cannot read ({exc})") from None
         if not isinstance(data, dict):
@@ -471,7 +338,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
 
 def from_dict(data: dict) -> Config:
     """Build and validate a :class:`Config` from a plain mapping (a parsed file or a checkpoint's copy)."""
-    config = _build(Config, data, "")
+    config = build(Config, data, "")
     config.validate()
     return config
 
@@ -481,7 +348,3 @@ def save_snapshot(config: Config, path: str | os.PathLike) -> None:
     from .io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def _first_line(exc: Exception) -> str:
-    return " ".join(str(exc).split())

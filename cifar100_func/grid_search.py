@@ -1,7 +1,7 @@
 """``python -m cifar100_func.grid_search``: the study's hyper-parameter grid, vectorised, in one process.
 
 Configurations that share an architecture (``blocks``, ``mid``) are trained at the same time as stacked
-models under ``torch.func.vmap`` (see :mod:`.stacked`); groups run one after another, at most
+models under ``torch.func.vmap`` (one plan each for the loop of :mod:`.loop`); groups run one after another, at most
 ``grid.max_stack`` models per stack. Writes ``<runs_dir>/grid_search/``: ``metrics.jsonl`` (one object per model
 per epoch), ``results.csv``, ``results.md``, ``grid_search_train.png``, ``grid_search_val.png``,
 ``grid_search_heatmap.png`` and the config snapshot; checkpoints only with ``grid.save_checkpoints: true``
@@ -28,9 +28,11 @@ from .config import Config, parse_override
 from .data import Dataset
 from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
-from .loader import steps_per_epoch
-from .stacked import Member, fit_stack, unstack
-from .trainer import worth_compiling
+from .backend import Backend
+from .hparams import Hyper
+from .loader import Pipeline, steps_per_epoch
+from .loop import Plan, train
+from .trainer import lr_factors
 
 ONLY_KEYS = {
     "lr": "lr", "train.optimizer.lr": "lr",
@@ -103,26 +105,26 @@ def member_seed(cfg: Config, point: GridPoint) -> int:
     return cfg.train.seed + point.index if cfg.grid.independent_seeds else cfg.train.seed
 
 
-def run_grid(cfg: Config, data: Dataset, device: torch.device, points: list[GridPoint], out_dir: Path | None,
+def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoint], out_dir: Path | None,
              progress: bool | None = None, log=print) -> list[dict]:
     """Train every point, stack by stack; returns one summary row per point (metrics in ``row["history"]``)."""
     rows: list[dict] = []
     metrics_lines: list[str] = []
-    compile_step = cfg.grid.compile
-    if compile_step is None:
-        compile_step = worth_compiling(cfg.train.compile, steps_per_epoch(len(data.train), cfg.train.batch_size)
-                                       * cfg.grid.epochs)
+    tc = cfg.train
+    factors = lr_factors(cfg, steps_per_epoch(len(data.train), tc.batch_size), cfg.grid.epochs)
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
     for n, stack in enumerate(stacks(points, cfg.grid.max_stack), start=1):
         arch = model.Arch(stack[0].blocks, stack[0].mid, data.num_classes)
-        members = [Member(p.name, p.lr, p.weight_decay, member_seed(cfg, p)) for p in stack]
+        plan = Plan(arch, [member_seed(cfg, p) for p in stack],
+                    [Hyper(p.lr, p.weight_decay, tc.label_smoothing) for p in stack], tc.optimizer, cfg.grid.epochs,
+                    factors, shared_data=not cfg.grid.independent_seeds, guard=True, compile=cfg.grid.compile)
         desc = f"stack {n}: blocks {list(arch.blocks)} mid {arch.mid}"
-        log(f"{desc}: {len(stack)} models ({', '.join(m.name for m in members)})")
+        log(f"{desc}: {len(stack)} models ({', '.join(p.name for p in stack)})")
         t0 = time.perf_counter()
-        res = fit_stack(cfg, data, device, arch, members, cfg.grid.epochs,
-                        shared_data=not cfg.grid.independent_seeds, compile_step=compile_step,
-                        desc=desc, progress=progress)
-        log(f"{desc}: {time.perf_counter() - t0:.0f}s (first step, with any compilation: "
-            f"{res.extra['first_step_seconds']:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
+        res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
+                    desc=desc, progress=progress, log=log)
+        log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.engine}; first step, with any compilation: "
+            f"{res.first_step_seconds:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
         params_count = model.count_params(model.init(arch, torch.Generator().manual_seed(0))[0])
         for j, p in enumerate(stack):
             hist = res.metrics[j]
@@ -141,7 +143,8 @@ def run_grid(cfg: Config, data: Dataset, device: torch.device, points: list[Grid
             if res.diverged_at[j] is not None:
                 log(f"  {p.name}: diverged at step {res.diverged_at[j]} (frozen there; the others were unaffected)")
             if out_dir is not None and cfg.grid.save_checkpoints:
-                save_checkpoint(out_dir / "ckpt" / f"{p.name}.ckpt", unstack(res.params, j), unstack(res.state, j),
+                params, state = res.model(j)
+                save_checkpoint(out_dir / "ckpt" / f"{p.name}.ckpt", params, state,
                                 config=cfg.to_dict(), grid_point=p.name, epoch=cfg.grid.epochs, metrics=hist)
         if out_dir is not None:
             atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in metrics_lines))
@@ -185,10 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     points = select(expand(cli.load(args)), parse_only(args.only))  # a bad filter fails before any work
     run = cli.prepare(args, "grid_search")
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
-    print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | device {device} | {len(points)} configurations, "
-          f"{cfg.grid.epochs} epochs, {'independent' if cfg.grid.independent_seeds else 'shared'} seeds", flush=True)
+    print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | {len(points)} configurations, "
+          f"{cfg.grid.epochs} epochs, {'independent' if cfg.grid.independent_seeds else 'shared'} seeds\n"
+          f"backend: {run.backend.header()}", flush=True)
     t0 = time.perf_counter()
-    rows = run_grid(cfg, data.to(device), device, points, out_dir)
+    rows = run_grid(cfg, data.to(device), run.backend, points, out_dir)
     write_tables(rows, out_dir, data.synthetic)
     atomic_write_json(out_dir / "results.json", rows)
     from .plots import grid_curves, grid_heatmaps

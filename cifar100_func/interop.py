@@ -54,6 +54,48 @@ def to_state_dict(params: Params, state: State) -> "OrderedDict[str, torch.Tenso
     return OrderedDict((_ref_name(k), v.detach().cpu().clone()) for k, v in _walk(_merge(params, state)))
 
 
+def _dim(sd: dict[str, torch.Tensor], key: str, ndim: int, what: str) -> int:
+    """Size of axis 0 of ``sd[key]``, which must be an ``ndim``-d tensor with a non-empty axis 0."""
+    if key not in sd:
+        raise CheckpointError(f"not a reference-layout state_dict: missing key {key!r} ({what})")
+    value = sd[key]
+    if not isinstance(value, torch.Tensor) or value.dim() != ndim or value.shape[0] < 1:
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise CheckpointError(
+            f"not a reference-layout state_dict: key {key!r} ({what}) has shape {got}, expected a {ndim}-d tensor"
+        )
+    return int(value.shape[0])
+
+
+def arch_from_state_dict(sd: dict[str, torch.Tensor]) -> Arch:
+    """The architecture a reference-layout state_dict was saved from, read from its key names and shapes.
+
+    blocks: the number of consecutive ``layer{k}.{i}.conv1.weight`` keys per stage (from ``i = 0``); mid: the
+    out channels of ``layer1.0.conv1.weight``; num_classes: the rows of ``fc.weight``. Only what fixes the
+    ``Arch`` is checked here; every other key and shape is checked by :func:`from_state_dict`, which any
+    valid file passes with the returned ``Arch``. A state_dict of another layout (a stage without blocks, no
+    ``fc.weight``, ...) is a one-line ``CheckpointError`` naming the missing or malformed key.
+    """
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"not a reference-layout state_dict: expected a dict, got {type(sd).__name__}")
+    if not sd:
+        raise CheckpointError("not a reference-layout state_dict: it is empty (missing key 'stem.0.weight')")
+    blocks = []
+    for stage in (1, 2, 3):
+        n = 0
+        while f"layer{stage}.{n}.conv1.weight" in sd:
+            n += 1
+        if n == 0:
+            raise CheckpointError(
+                f"not a reference-layout state_dict: missing key 'layer{stage}.0.conv1.weight' "
+                f"(stage {stage} has no blocks)"
+            )
+        blocks.append(n)
+    mid = _dim(sd, "layer1.0.conv1.weight", 4, "stage-1 bottleneck width")
+    num_classes = _dim(sd, "fc.weight", 2, "number of classes")
+    return Arch(blocks=tuple(blocks), mid=mid, num_classes=num_classes)  # type: ignore[arg-type]
+
+
 def from_state_dict(sd: dict[str, torch.Tensor], arch: Arch) -> tuple[Params, State]:
     """Fill a fresh (params, state) of ``arch`` from a reference-layout state_dict.
 

@@ -20,22 +20,19 @@ from .seeding import generator
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What turns uint8 batches into model inputs: normalisation stats, augmentation, memory format."""
+    """What turns uint8 batches into model inputs: normalisation statistics and augmentation (the memory format is
+    the backend's choice, :meth:`.backend.Engine.batch`)."""
 
     mean: torch.Tensor
     std: torch.Tensor
     augment: AugmentConfig
-    channels_last: bool = False
 
     @staticmethod
-    def create(pre: PreprocessConfig, augment: AugmentConfig, device: torch.device | str,
-               channels_last: bool = False) -> "Pipeline":
-        return Pipeline(torch.tensor(pre.mean, device=device), torch.tensor(pre.std, device=device),
-                        augment, channels_last)
+    def create(pre: PreprocessConfig, augment: AugmentConfig, device: torch.device | str) -> "Pipeline":
+        return Pipeline(torch.tensor(pre.mean, device=device), torch.tensor(pre.std, device=device), augment)
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
-        x = aug.normalize(x, self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return aug.normalize(x, self.mean, self.std)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -47,9 +44,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, "order", epoch))
 
 
-def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int, epoch: int,
-                  start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Augmented, normalised training batches of epoch ``epoch`` (from ``start_step`` on)."""
+def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int,
+                  epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augmented, normalised training batches of epoch ``epoch``."""
     n = len(split)
     device = split.x.device
     order = epoch_order(n, seed, epoch)
@@ -58,7 +55,7 @@ def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int, epoc
         params = aug.sample_params(n, pipe.augment, generator(seed, "augment", epoch)).to(device)
     order = order.to(device)
     bs = min(batch_size, n)
-    for step in range(start_step, steps_per_epoch(n, batch_size)):
+    for step in range(steps_per_epoch(n, batch_size)):
         pos = torch.arange(step * bs, (step + 1) * bs, device=device)
         idx = order[pos]
         x = aug.to_float(split.x[idx])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -26,11 +25,13 @@ from . import cli
 from .config import Config
 from .data import Dataset
 from .io import atomic_write_json, atomic_write_text
-from .loader import steps_per_epoch, train_batches
-from .optim import make_optimizer
-from .stacked import init_stack, make_stacked_step, with_stacked_rules
-from .step import make_train_step
-from .trainer import arch_from, compiled, worth_compiling
+from .backend import Backend
+from .hparams import Hyper
+from .loader import Pipeline, steps_per_epoch
+from .loop import Check, Hooks, Plan, train
+from .trainer import arch_from
+
+CHECK_EVERY = 20  # steps between two looks at the losses: the run may go up to 19 steps past its stop, unused
 
 
 def lr_schedule(start: float, end: float, steps: int) -> np.ndarray:
@@ -68,53 +69,50 @@ def suggestions(lrs: np.ndarray, curve: np.ndarray) -> dict:
     }
 
 
-def find_lr(cfg: Config, data: Dataset, device: torch.device, progress_every: int = 0, log=print) -> dict:
+def stop_rule(losses: np.ndarray, lrs: np.ndarray, smoothing: float, stop_factor: float) -> tuple[int, str] | None:
+    """Where the range test stops, given the losses of every step so far ((steps, seeds)): ``(n, reason)`` keeps
+    the first n steps; None when it goes on. It stops before the first step with a non-finite loss, or after the
+    first step whose mean smoothed loss exceeds ``stop_factor`` times its minimum so far."""
+    finite = np.isfinite(losses).all(axis=1)
+    n_ok = len(losses) if finite.all() else int(np.argmin(finite))
+    if n_ok:
+        curve = smooth(losses[:n_ok], smoothing).mean(axis=1)
+        best = np.minimum.accumulate(curve)
+        above = np.flatnonzero(curve[1:] > stop_factor * best[:-1])
+        if len(above):
+            i = int(above[0]) + 1
+            return i + 1, f"smoothed loss exceeded {stop_factor:g}x its minimum at lr {lrs[i]:.3g} (step {i + 1})"
+    if n_ok < len(losses):
+        return n_ok, f"a loss was not finite at lr {lrs[n_ok]:.3g} (step {n_ok + 1})"
+    return None
+
+
+def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None = None, log=print) -> dict:
     """Run the range test; returns lrs, raw and smoothed losses (steps x seeds) and the suggestions."""
     lf, tc = cfg.lr_finder, cfg.train
-    k = lf.seeds
     n_steps = steps_per_epoch(len(data.train), tc.batch_size)
     if lf.max_steps is not None:
         n_steps = min(n_steps, lf.max_steps)
     lrs = lr_schedule(lf.start, lf.end, n_steps)
-    seeds = [tc.seed + s for s in range(k)]
-    arch = arch_from(cfg, data.num_classes)
-    optimizer = make_optimizer(tc.optimizer)
-    P, S, O = init_stack(arch, seeds, optimizer, tc.precision, device)
-    active = torch.ones(k, dtype=torch.bool, device=device)
-    step = make_stacked_step(make_train_step(optimizer, label_smoothing=tc.label_smoothing,
-                                             precision=tc.precision, device_type=device.type), shared_data=False)
-    compile_step = worth_compiling(tc.compile, n_steps)
-    if compile_step:
-        step = compiled(step, log)
-    (step,), pipe = with_stacked_rules([step], cfg, device, compile_step)
-    streams = [train_batches(data.train, pipe, tc.batch_size, s, 0) for s in seeds]
-    wd = torch.full((k,), tc.optimizer.weight_decay, device=device)
-    losses: list[np.ndarray] = []
-    best = math.inf
-    avg = np.zeros(k)
-    stop_reason = "reached the end of the schedule"
-    for i, batches in enumerate(zip(*streams)):
-        if i == n_steps:
-            break
-        x = torch.stack([b[0] for b in batches])
-        y = torch.stack([b[1] for b in batches])
-        H = {"lr": torch.full((k,), float(lrs[i]), device=device), "weight_decay": wd}
-        P, S, O, loss, _, active = step(P, S, O, H, x, y, active)
-        loss = loss.double().cpu().numpy()
-        losses.append(loss)
-        avg = lf.smoothing * avg + (1 - lf.smoothing) * loss
-        mean_smoothed = float(np.mean(avg / (1 - lf.smoothing ** (i + 1))))
-        if progress_every and i % progress_every == 0:
-            log(f"step {i + 1}/{n_steps}: lr {lrs[i]:.2e}, smoothed loss {mean_smoothed:.4f}")
-        if not np.all(np.isfinite(loss)):
-            stop_reason = f"a loss was not finite at lr {lrs[i]:.3g} (step {i + 1})"
-            losses.pop()
-            break
-        best = min(best, mean_smoothed)
-        if i > 0 and mean_smoothed > lf.stop_factor * best:
-            stop_reason = f"smoothed loss exceeded {lf.stop_factor:g}x its minimum at lr {lrs[i]:.3g} (step {i + 1})"
-            break
-    raw = np.array(losses)
+    seeds = [tc.seed + s for s in range(lf.seeds)]
+    hyper = Hyper(1.0, tc.optimizer.weight_decay, tc.label_smoothing)  # the lr of step i is lrs[i] x 1.0
+    plan = Plan(arch_from(cfg, data.num_classes), seeds, [hyper] * len(seeds), tc.optimizer, 1,
+                torch.tensor(lrs, dtype=torch.float32), shared_data=len(seeds) == 1, guard=True, validate=False,
+                max_steps=n_steps)
+    stopped: dict = {}
+
+    def check(c: Check) -> int | None:
+        found = stop_rule(c.losses, lrs, lf.smoothing, lf.stop_factor)
+        if found is not None:
+            stopped["n"], stopped["why"] = found
+            return found[0]
+        return None
+
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
+    res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
+                hooks=Hooks(CHECK_EVERY, check), desc="lr_finder", progress=progress, log=log)
+    raw = res.step_losses.numpy()
+    stop_reason = stopped.get("why", "reached the end of the schedule")
     smoothed = smooth(raw, lf.smoothing) if len(raw) else raw
     curve = smoothed.mean(axis=1) if len(raw) else np.array([])
     used = lrs[: len(raw)]
@@ -152,8 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = cli.prepare(p.parse_args(argv), "lr_finder")
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     print(f"{run.tag}: lr {cfg.lr_finder.start:g} -> {cfg.lr_finder.end:g}, {cfg.lr_finder.seeds} seeds stacked, "
-          f"{cfg.train.optimizer.name}, wd {cfg.train.optimizer.weight_decay:g}, device {device}", flush=True)
-    res = find_lr(cfg, data.to(device), device, progress_every=100)
+          f"{cfg.train.optimizer.name}, wd {cfg.train.optimizer.weight_decay:g}\nbackend: {run.backend.header()}",
+          flush=True)
+    res = find_lr(cfg, data.to(device), run.backend)
     write_outputs(res, out_dir, data.synthetic)
     print(f"stopped: {res['stop_reason']} after {res['steps']} of {res['planned_steps']} steps")
     if "upper_bound_lr" in res:

@@ -152,10 +152,3 @@ def apply(params: Params, state: State, x: torch.Tensor, *, train: bool) -> tupl
 def count_params(params: Params) -> int:
     """Number of trainable scalars."""
     return sum(t.numel() for t in torch.utils._pytree.tree_leaves(params))
-
-
-def arch_of(params: Params) -> Arch:
-    """Recover the architecture from a parameter tree's shapes."""
-    blocks = tuple(len(params[f"layer{s}"]) for s in (1, 2, 3))
-    mid = int(params["layer1"][0]["conv1"].shape[-4])
-    return Arch(blocks=blocks, mid=mid, num_classes=int(params["fc"]["weight"].shape[-2]))  # type: ignore[arg-type]

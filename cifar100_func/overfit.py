@@ -3,7 +3,7 @@
 N training images (default 50), blocks (2,2,2), mid 16, lr 1e-3, wd 0, 50 epochs, augmentation off (all in the
 ``overfit`` section). Train accuracy must reach ``overfit.target_acc`` (0.98) while validation stays poor; when
 it does not, something in the data, model or optimiser is broken, and the command exits with code 1.
-Runs the standard training loop (:func:`.trainer.fit`) on a derived config; nothing is written but
+Runs the standard path (:func:`.trainer.fit`, one model through the one loop) on a derived config; nothing is written but
 ``<runs_dir>/overfit/``.
 """
 
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"lr {o.lr:g}, wd {o.weight_decay:g}, {o.epochs} epochs, augmentation {'on' if o.augment else 'off'}",
           flush=True)
     log_every = max(1, o.epochs // 10)
-    res = fit(cfg, data.to(device), device, run_name="overfit",
+    res = fit(cfg, data.to(device), run.backend, run_name="overfit",
               log=lambda line: None if ("epoch" in line and not _show(line, log_every, o.epochs)) else print(line))
     from .io import atomic_write_json
     from .plots import overfit_figures

@@ -35,7 +35,7 @@ def _img(path: Path, report_dir: Path, alt: str) -> str:
 
 
 def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report_dir: Path,
-                 final_overrides: list[str]) -> Path:
+                 final_changes: list[str]) -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
     sanity = json.loads((runs / "sanity" / "sanity.json").read_text())
     over = json.loads((runs / "overfit" / "overfit.json").read_text())
@@ -47,7 +47,7 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
     best_grid = min(grid, key=lambda r: r["rank"])
     best_epoch = max(final, key=lambda m: m["val_acc"])
     fig = lambda p, alt: _img(p, report_dir, alt)  # noqa: E731
-    sets = " ".join(final_overrides[1::2]) or "(none)"
+    sets = " ".join(final_changes) or "(none)"
     reduced = cfg.study.profile != "full"
     lines: list[str] = [
         f"# CIFAR-100 x BottleneckNet: study report ({cfg.study.profile} profile)",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
+
 from .config import SchedulerConfig
 
 Schedule = Callable[[int], float]
@@ -50,3 +52,9 @@ def make_schedule(cfg: SchedulerConfig, total_steps: int) -> Schedule:
     if cfg.name == "onecycle":
         return onecycle(total_steps, cfg.warmup_pct, cfg.div_factor, cfg.final_div_factor)
     return constant()
+
+
+def schedule_table(schedule: Schedule, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The multipliers of steps 0 .. total_steps-1 as one float32 tensor on ``device``, computed once on the host,
+    so that a training loop reads step ``g``'s multiplier as ``table[g]`` without host work per step."""
+    return torch.tensor([schedule(g) for g in range(total_steps)], dtype=torch.float64).float().to(device)

@@ -1,8 +1,10 @@
-"""The pure training and evaluation steps shared by every command (standard path and stacked grid).
+"""The pure training and evaluation steps, written for one model (``torch.func.vmap`` makes them a stack).
 
-``make_train_step`` returns ``step(params, state, opt_state, hparams, x, y) -> (params, state, opt_state,
-loss, correct)``: grad of the pure loss with ``torch.func.grad_and_value`` plus the functional optimiser
-update. Written for one model; the grid wraps the very same function in ``torch.func.vmap``.
+``make_train_step`` returns ``step(params, state, opt_state, hp, x, y) -> (params, state, opt_state, loss,
+correct)``: the gradient of the pure loss (``torch.func.grad_and_value``) and the optimiser's update. ``hp`` is
+the model's row of the hyper-parameter table (:mod:`.hparams`): lr (already scaled by the schedule), weight decay,
+label smoothing. :func:`guarded` rejects a step whose loss or new weights are not finite (a stack freezes a
+diverged member instead of letting it stop the others).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import contextlib
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
+from torch import Tensor
 from torch.func import grad_and_value
+from torch.utils._pytree import tree_leaves, tree_map
 
 from . import model
 from .optim import Optimizer
 
-TrainStep = Callable[..., tuple[Any, Any, Any, torch.Tensor, torch.Tensor]]
+TrainStep = Callable[..., tuple[Any, Any, Any, Tensor, Tensor]]
 
 
 def autocast(precision: str, device_type: str):
@@ -31,27 +34,53 @@ def cast_tree(tree: Any, precision: str) -> Any:
     """Floating-point leaves to float64 for ``precision == "fp64"`` (numerical checks); unchanged otherwise."""
     if precision != "fp64":
         return tree
-    return torch.utils._pytree.tree_map(lambda t: t.double() if t.is_floating_point() else t, tree)
+    return tree_map(lambda t: t.double() if t.is_floating_point() else t, tree)
 
 
-def make_train_step(optimizer: Optimizer, *, label_smoothing: float = 0.0, precision: str = "fp32",
-                    device_type: str = "cpu") -> TrainStep:
-    def loss_fn(params, state, x, y):
+def cross_entropy(logits: Tensor, y: Tensor, label_smoothing: Tensor | float = 0.0) -> Tensor:
+    """Mean cross-entropy with label smoothing as ``F.cross_entropy`` defines it, but with the smoothing a tensor
+    (one value per model in a stack): ``(1 - s) * nll + s * mean over classes of -log p``."""
+    logp = logits.log_softmax(dim=-1)
+    nll = -logp.gather(-1, y.unsqueeze(-1)).mean()
+    uniform = -logp.mean()
+    return nll + label_smoothing * (uniform - nll)
+
+
+def make_train_step(optimizer: Optimizer, *, precision: str = "fp32", device_type: str = "cpu") -> TrainStep:
+    def loss_fn(params, state, x, y, label_smoothing):
         if precision == "fp64":
             x = x.double()
         with autocast(precision, device_type):
             logits, new_state = model.apply(params, state, x, train=True)
         logits = logits.double() if precision == "fp64" else logits.float()
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss = cross_entropy(logits, y, label_smoothing)
         correct = (logits.argmax(dim=-1) == y).sum()
         return loss, (new_state, correct)
 
-    def step(params, state, opt_state, hparams, x, y):
-        grads, (loss, (new_state, correct)) = grad_and_value(loss_fn, has_aux=True)(params, state, x, y)
-        new_params, new_opt_state = optimizer.update(grads, opt_state, params, hparams)
+    def step(params, state, opt_state, hp, x, y):
+        grads, (loss, (new_state, correct)) = grad_and_value(loss_fn, has_aux=True)(
+            params, state, x, y, hp["label_smoothing"])
+        new_params, new_opt_state = optimizer.update(grads, opt_state, params, hp)
         return new_params, new_state, new_opt_state, loss.detach(), correct
 
     return step
+
+
+def guarded(step: TrainStep) -> Callable:
+    """``(P, S, O, H, x, y, active) -> (P, S, O, loss, correct, active)``: the step, except that a model whose loss
+    or new weights are not finite, or that is no longer ``active``, keeps its old trees (frozen at its last good
+    weights) and reports a NaN loss. Works for one model (``active`` of shape ()) and for a stack ((K,))."""
+
+    def run(P, S, O, H, x, y, active):
+        nP, nS, nO, loss, correct = step(P, S, O, H, x, y)
+        batch = active.ndim
+        finite = [torch.isfinite(t).reshape(*t.shape[:batch], -1).all(-1) for t in tree_leaves(nP)]
+        ok = active & torch.isfinite(loss) & torch.stack(finite).all(0)
+        loss = torch.where(ok, loss, torch.full_like(loss, float("nan")))
+        keep = lambda n, o: torch.where(ok.reshape(ok.shape + (1,) * (n.ndim - batch)), n, o)  # noqa: E731
+        return tree_map(keep, nP, P), tree_map(keep, nS, S), tree_map(keep, nO, O), loss, correct, ok
+
+    return run
 
 
 def make_eval_step(*, precision: str = "fp32", device_type: str = "cpu") -> Callable:
@@ -62,8 +91,8 @@ def make_eval_step(*, precision: str = "fp32", device_type: str = "cpu") -> Call
             x = x.double()
         with autocast(precision, device_type):
             logits, _ = model.apply(params, state, x, train=False)
-        logits = logits.float()
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        logits = logits.float() if precision != "fp64" else logits
+        loss_sum = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         pred = top5[..., 0]
         return loss_sum, (pred == y).sum(), (top5 == y[..., None]).any(dim=-1).sum(), pred

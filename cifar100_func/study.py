@@ -13,10 +13,12 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import cli, evaluate, grid_search, lr_finder, overfit, sanity, train
+from .backend import resolve_device
 from .config import Config
 from .errors import CheckpointError
 from .io import atomic_write_json, ensure_dir
@@ -103,17 +105,30 @@ def _call(main: Callable[[list[str]], int], argv: list[str]) -> None:
         raise SystemExit(code)
 
 
-def final_overrides(cfg: Config, runs: Path) -> list[str]:
-    """``--set`` overrides of the final run: the grid's best configuration (or none), and its epochs."""
-    out = []
-    if cfg.study.final_epochs is not None:
-        out += ["--set", f"train.epochs={cfg.study.final_epochs}"]
-    if cfg.study.final_from == "grid":
-        rows = json.loads((runs / "grid_search" / "results.json").read_text())
-        best = min(rows, key=lambda r: r["rank"])
-        out += ["--set", f"train.optimizer.lr={best['lr']}", "--set", f"train.optimizer.weight_decay={best['weight_decay']}",
-                "--set", f"model.blocks={list(best['blocks'])}", "--set", f"model.bottleneck_mid={best['mid']}"]
-    return out
+def final_config(cfg: Config, runs: Path) -> Config:
+    """The final run's config: ``cfg`` with the grid's best configuration (when ``study.final_from: grid``) and
+    ``study.final_epochs`` swapped in."""
+    tc = cfg.train
+    epochs = cfg.study.final_epochs or tc.epochs
+    if cfg.study.final_from != "grid":
+        return replace(cfg, train=replace(tc, epochs=epochs))
+    rows = json.loads((runs / "grid_search" / "results.json").read_text())
+    best = min(rows, key=lambda r: r["rank"])
+    return replace(cfg, model=replace(cfg.model, blocks=tuple(best["blocks"]), bottleneck_mid=best["mid"]),
+                   train=replace(tc, epochs=epochs, optimizer=replace(tc.optimizer, lr=best["lr"],
+                                                                      weight_decay=best["weight_decay"])))
+
+
+def changed_keys(before: Config, after: Config) -> list[str]:
+    """``dotted.key=value`` for every value ``after`` changes (what the report says of the final run)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(before.to_dict()), flat(after.to_dict())
+    return [f"{k}={b[k]}" for k in b if a.get(k) != b[k]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="append", default=[], choices=STAGES, help="redo a stage (repeatable)")
     args = p.parse_args(argv)
     cfg = cli.load(args)
-    cli.resolve_device(args.device)
+    resolve_device(args.device)
     common = ["--config", args.config, "--device", args.device] + [a for o in args.overrides for a in ("--set", o)]
     if args.seed is not None:
         common += ["--seed", str(args.seed)]
@@ -142,21 +157,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     study.run("grid_search", lambda: _call(grid_search.main, common))
 
     def final() -> None:
-        extra = common + final_overrides(cfg, runs) + ["--run-name", "final"]
+        final_cfg = final_config(cfg, runs)
         interrupted = (runs / "final" / "last.ckpt").is_file() and not study.marker("final").is_file()
+        where = dict(device=args.device, data_root=args.data_root, run_name="final")
         if interrupted and "final" not in study.force:
             try:
-                return _call(train.main, extra + ["--resume"])
+                train.run(final_cfg, resume=True, **where)
+                return
             except CheckpointError as exc:  # the interrupted run had another config: start again
                 print(f"cannot resume the interrupted final run ({exc}); starting it again")
-        _call(train.main, extra + ["--overwrite"])
+        train.run(final_cfg, overwrite=True, **where)
 
     study.run("final", final)
-    study.run("evaluate", lambda: _call(evaluate.main, common + final_overrides(cfg, runs) + ["--checkpoint", str(best)]))
+    study.run("evaluate", lambda: evaluate.run(final_config(cfg, runs), best, device=args.device,
+                                               data_root=args.data_root))
     from .report import write_report
 
     path = write_report(cfg, study.records, runs, Path(cfg.paths.artifacts_dir), Path(cfg.paths.report_dir),
-                        final_overrides(cfg, runs))
+                        changed_keys(cfg, final_config(cfg, runs)))
     print(f"report: {path}")
     return 0
 

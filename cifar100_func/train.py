@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli
-from .config import save_snapshot
+from .backend import Backend, resolve_device
+from .config import Config, save_snapshot
 from .data import load_dataset
 from .errors import OutputError
 from .io import ensure_dir
-from .trainer import RunFiles, fit
+from .trainer import FitResult, RunFiles, fit
 
 
 def parser():
@@ -26,32 +27,40 @@ def parser():
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    cfg = cli.load(args)
-    device = cli.resolve_device(args.device)
-    run_dir = Path(cfg.paths.runs_dir) / args.run_name
+def run(cfg: Config, *, device: str = "auto", data_root: str | None = None, run_name: str = "train",
+        resume: bool = False, overwrite: bool = False) -> FitResult:
+    """The ``train`` command on a :class:`Config` (the study's final stage calls it with the grid's winner)."""
+    run_dir = Path(cfg.paths.runs_dir) / run_name
     files = RunFiles(run_dir, Path(cfg.paths.artifacts_dir) / "best.ckpt", run_dir / "last.ckpt")
-    if args.resume and not files.last_ckpt.is_file():
+    assert files.last_ckpt is not None and files.best_ckpt is not None
+    if resume and not files.last_ckpt.is_file():
         raise OutputError(f"--resume: no {files.last_ckpt} to continue from (start without --resume)")
-    if not args.resume and not args.overwrite:
+    if not resume and not overwrite:
         for existing in (run_dir / "metrics.jsonl", files.best_ckpt):
             if existing.exists():
                 raise OutputError(
                     f"{existing} already exists: pass --resume to continue that run, --overwrite to replace it, "
                     "or choose other paths (--run-name, --set paths.artifacts_dir=...)")
-    data = load_dataset(cfg.dataset, args.data_root)
+    dev = resolve_device(device)
+    data = load_dataset(cfg.dataset, data_root)
+    backend = Backend.create(cfg, dev)
     ensure_dir(run_dir)
     ensure_dir(files.best_ckpt.parent)
     save_snapshot(cfg, run_dir / "config.yaml")
     tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
-    print(f"{tag}: train {len(data.train)}, val {len(data.val)} | device {device} | "
-          f"blocks {list(cfg.model.blocks)}, mid {cfg.model.bottleneck_mid}, {cfg.train.optimizer.name} "
-          f"lr {cfg.train.optimizer.lr}, wd {cfg.train.optimizer.weight_decay}, {cfg.train.epochs} epochs, "
-          f"precision {cfg.train.precision}", flush=True)
-    result = fit(cfg, data.to(device), device, files, resume=args.resume, run_name=args.run_name)
+    print(f"{tag}: train {len(data.train)}, val {len(data.val)} | blocks {list(cfg.model.blocks)}, mid "
+          f"{cfg.model.bottleneck_mid}, {cfg.train.optimizer.name} lr {cfg.train.optimizer.lr}, wd "
+          f"{cfg.train.optimizer.weight_decay}, {cfg.train.epochs} epochs\nbackend: {backend.header()}", flush=True)
+    result = fit(cfg, data.to(dev), backend, files, resume=resume, run_name=run_name)
     print(f"best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; checkpoint {files.best_ckpt}; "
           f"curves and metrics in {run_dir}")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    run(cli.load(args), device=args.device, data_root=args.data_root, run_name=args.run_name, resume=args.resume,
+        overwrite=args.overwrite)
     return 0
 
 

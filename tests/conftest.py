@@ -34,7 +34,7 @@ TINY = {
     "dataset": {"name": "synthetic", "num_classes": 10, "val_size": 100,
                 "synthetic": {"train_size": 420, "test_size": 100}},
     "model": {"blocks": [1, 1, 1], "bottleneck_mid": 4},
-    "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "channels_last": False,
+    "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "channels_last": False, "compile": False,
               "optimizer": {"lr": 0.003}},
     "hparams": {"lr": [0.001, 0.003], "weight_decay": [0.0], "blocks": [[1, 1, 1]], "bottleneck_mid": [4]},
     "grid": {"epochs": 1},

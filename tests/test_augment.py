@@ -197,6 +197,31 @@ def test_color_jitter_with_sampled_params():
         _check(got[i], _tv_jitter(x[i], p, i), f"color_jitter image {i} (order={p.order[i].tolist()})")
 
 
+def test_color_jitter_random_batch_matches_per_image_reference():
+    """64 random images, random orders and factors (hue first, last and in between) vs a per-image loop."""
+    n = 64
+    g = torch.Generator().manual_seed(20)
+    x = torch.rand(n, 3, 16, 16, generator=g)
+    order = torch.argsort(torch.rand(n, 4, generator=g), dim=1)
+    order[:4] = torch.tensor([[3, 0, 1, 2], [2, 3, 1, 0], [1, 0, 3, 2], [0, 2, 1, 3]])  # hue at each position
+    p = _strong_params(n, seed=21, order=order)
+    hue_pos = (order == aug.HUE).nonzero()[:, 1]
+    assert set(hue_pos.tolist()) == {0, 1, 2, 3}
+    got = aug.color_jitter(x, p)
+    for i in range(n):
+        want = x[i]
+        for op in order[i].tolist():
+            if op == aug.BRIGHTNESS:
+                want = TF.adjust_brightness(want, float(p.brightness[i]))
+            elif op == aug.CONTRAST:
+                want = TF.adjust_contrast(want, float(p.contrast[i]))
+            elif op == aug.SATURATION:
+                want = TF.adjust_saturation(want, float(p.saturation[i]))
+            else:
+                want = TF.adjust_hue(want, float(p.hue[i]))
+        _check(got[i], want, f"color_jitter image {i} (order={order[i].tolist()})")
+
+
 def test_augment_pipeline_matches_torchvision():
     cfg = AugmentConfig(crop_padding=4, hflip_p=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
     n = 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cifar100_func.config import load_config
+from cifar100_func.config import Config, load_config
 from cifar100_func.errors import ConfigError
 
 from conftest import REPO
@@ -23,6 +23,41 @@ def test_shipped_config_is_the_spec_study():
     h = cfg.hparams
     assert len(h.lr) * len(h.weight_decay) * len(h.blocks) * len(h.bottleneck_mid) == 24
     assert cfg.grid.epochs == 5 and not cfg.grid.save_checkpoints
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        out.update(_flatten(value, dotted + ".") if isinstance(value, dict) else {dotted: value})
+    return out
+
+
+def test_schema_defaults_are_the_shipped_config():
+    """configs/quick.yaml (and any partial config) relies on it: an unset key is the study's value."""
+    shipped = _flatten(load_config(REPO / "configs" / "config.yaml").to_dict())
+    defaults = _flatten(Config().to_dict())
+    assert shipped.keys() == defaults.keys()
+    differing = {k: (shipped[k], defaults[k]) for k in shipped if shipped[k] != defaults[k]}
+    assert not differing, "config.yaml != schema defaults (yaml, schema): " + ", ".join(
+        f"{k}: {a!r} != {b!r}" for k, (a, b) in differing.items())
+
+
+def test_new_train_keys():
+    cfg = load_config(REPO / "configs" / "config.yaml")
+    assert (cfg.train.precision, cfg.train.allow_tf32, cfg.train.compile_mode) == ("fp32", False, "auto")
+    cfg = load_config(REPO / "configs" / "config.yaml",
+                      ["train.precision=auto", "train.allow_tf32=true", "train.compile_mode=reduce-overhead"])
+    assert (cfg.train.precision, cfg.train.allow_tf32, cfg.train.compile_mode) == ("auto", True, "reduce-overhead")
+    for mode in ("default", "max-autotune"):
+        assert load_config(None, [f"train.compile_mode={mode}"]).train.compile_mode == mode
+
+
+def test_parse_override_is_reexported():
+    from cifar100_func import coerce, config
+
+    assert config.parse_override is coerce.parse_override
+    assert config.parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path):
@@ -54,6 +89,11 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
         (["dataset.val_size=0"], "dataset.val_size"),
         (["hparams.lr=[]"], "hparams.lr"),
         (["train.channels_last=yes please"], "train.channels_last: expected bool"),
+        (["train.precision=bf32"], "train.precision: expected one of 'auto', 'fp32', 'bf16', 'fp64'"),
+        (["train.allow_tf32=maybe"], "train.allow_tf32: expected bool"),
+        (["train.allow_tf32=1"], "train.allow_tf32: expected bool"),
+        (["train.compile_mode=fast"], "train.compile_mode: expected one of 'auto', 'default'"),
+        (["train.compile_mode=true"], "train.compile_mode"),
         (["grid.compile=sometimes"], "grid.compile"),
     ],
 )

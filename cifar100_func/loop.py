@@ -1,0 +1,296 @@
+"""The one training loop of the project, for one model or a stack of K, and the one evaluation routine.
+
+``train(plan, data, backend)`` trains what a :class:`Plan` describes: K = 1 is the standard path (the plain step,
+no vmap: the fastest kernels, channels-last, compiled), K > 1 a stack under ``torch.func.vmap`` (the grid, the LR
+finder). What differs between commands comes in as data (seeds, the hyper-parameter table, the lr multiplier of
+every step, shared or own batches, freezing diverged members) or as small callbacks (:class:`Hooks`: a check at
+the logging interval that may stop the run, an end-of-epoch hook for metrics and checkpoints). Inside an epoch
+nothing goes to the host except at the logging interval: losses and accuracies accumulate on the device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.func import vmap
+from torch.utils._pytree import tree_map
+from tqdm import tqdm
+
+from . import model
+from .backend import Backend, Engine
+from .config import OptimizerConfig
+from .data import Dataset, Split
+from .hparams import Hyper, at_step, table
+from .loader import Pipeline, eval_batches, steps_per_epoch, train_batches
+from .optim import make_optimizer
+from .seeding import generator
+from .step import cast_tree, guarded, make_eval_step, make_train_step
+
+
+@dataclass
+class Plan:
+    """What to train: K models of one architecture and everything in which commands differ, as data."""
+
+    arch: model.Arch
+    seeds: list[int]  # one per model: initial weights (and batch order and augmentation without shared_data)
+    hypers: list[Hyper]  # one per model
+    optimizer: OptimizerConfig
+    epochs: int
+    lr_factor: torch.Tensor  # the lr multiplier of every step, (epochs * steps_per_epoch,) or (..., K) per model
+    shared_data: bool = True  # one batch stream (of seeds[0]) for all models, as the reference grid
+    guard: bool = False  # freeze a member whose step is not finite (else a hook must deal with a NaN loss)
+    validate: bool = True  # evaluate on the validation split after each epoch
+    max_steps: int | None = None  # stop after this many steps in all
+    compile: bool | None = None  # None: the backend's rule (train.compile, runs of >= 200 steps)
+    stacked: bool | None = None  # None: a stack (vmap) when K > 1, the plain step for K = 1
+
+    @property
+    def k(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class Start:
+    """Where a resumed run continues: trees after ``epoch`` epochs and the metrics so far."""
+
+    params: Any
+    state: Any
+    opt_state: Any
+    epoch: int
+    metrics: list[list[dict]]
+
+
+@dataclass
+class Check:
+    """What a check at the logging interval sees: the losses of every step of this session so far, (steps, K), on
+    the host; the first of them is global step ``first_step`` (0-based; not 0 in a resumed run)."""
+
+    losses: np.ndarray
+    epoch: int
+    first_step: int
+
+
+@dataclass
+class EpochEnd:
+    """What the end-of-epoch hook sees; ``records`` has one metrics dict per model, the trees are the run's."""
+
+    epoch: int  # 1-based
+    records: list[dict]
+    history: list[list[dict]]  # per model, every epoch's record so far (a resumed run's earlier ones too)
+    params: Any
+    state: Any
+    opt_state: Any
+
+
+@dataclass
+class Hooks:
+    check_every: int = 50
+    on_check: Callable[[Check], int | None] | None = None  # returns n to stop, keeping the first n steps' losses
+    on_epoch: Callable[[EpochEnd], None] | None = None
+
+
+@dataclass
+class Result:
+    params: Any  # stacked trees for a stack, one model's for K = 1
+    state: Any
+    opt_state: Any
+    metrics: list[list[dict]]  # per model, one record per epoch
+    step_losses: torch.Tensor  # (steps run in this session, K), on the host
+    diverged_at: list[int | None]  # global step (1-based) of each model's first rejected step
+    model_images_per_sec: float
+    first_step_seconds: float
+    engine: str
+    stacked: bool
+    stopped_early: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def model(self, j: int) -> tuple[Any, Any]:
+        """(params, BN state) of the j-th model."""
+        return (unstack(self.params, j), unstack(self.state, j)) if self.stacked else (self.params, self.state)
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """[tree_1, ..., tree_K] -> one tree whose leaves have a leading axis K."""
+    return tree_map(lambda *leaves: torch.stack(leaves), *trees)
+
+
+def unstack(tree: Any, i: int) -> Any:
+    """The i-th model's tree out of a stacked tree."""
+    return tree_map(lambda t: t[i], tree)
+
+
+def init_trees(plan: Plan, precision: str, device: torch.device) -> tuple[Any, Any, Any]:
+    """(params, BN state, optimiser state) of every model, stacked when the plan is a stack."""
+    optimizer = make_optimizer(plan.optimizer)
+    inits = [cast_tree(model.init(plan.arch, generator(seed, "init")), precision) for seed in plan.seeds]
+    trees = [(p, s, optimizer.init(p)) for p, s in inits]
+    if _stacked(plan):
+        trees = [tuple(stack_trees([t[i] for t in trees]) for i in range(3))]
+    return tree_map(lambda t: t.to(device), trees[0])
+
+
+def _stacked(plan: Plan) -> bool:
+    return plan.k > 1 if plan.stacked is None else plan.stacked
+
+
+def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pipeline, batch_size: int,
+             engine: Engine, keep_predictions: bool = False) -> dict[str, Any]:
+    """Loss, accuracy and top-5 accuracy of every model on a whole split (the last partial batch included): lists
+    of K values; with ``keep_predictions`` also the (K, N) predicted classes."""
+    sums: list[torch.Tensor] | None = None
+    preds = []
+    with torch.no_grad():
+        for x, y in eval_batches(split, pipe, batch_size):
+            out = eval_fn(params, state, engine.batch(x), y)
+            parts = [t.reshape(-1) for t in out[:3]]  # (K,) whether stacked or not
+            sums = parts if sums is None else [a + b for a, b in zip(sums, parts)]
+            if keep_predictions:
+                preds.append(out[3].reshape(-1, len(y)))
+    n = max(len(split), 1)
+    if sums is None:
+        raise ValueError("evaluate: the split is empty")
+    loss, correct, top5 = (t.double().cpu() / n for t in sums)
+    res: dict[str, Any] = {"loss": loss.tolist(), "acc": correct.tolist(), "top5_acc": top5.tolist()}
+    if keep_predictions:
+        res["predictions"] = torch.cat(preds, dim=1).cpu()
+    return res
+
+
+def make_eval(backend: Backend, engine: Engine, stacked: bool) -> Callable:
+    """The evaluation step as ``engine`` runs it (vmapped over the models of a stack, the batch shared)."""
+    fn = make_eval_step(precision=backend.precision, device_type=backend.device.type)
+    if stacked:
+        fn = vmap(fn, in_dims=(0, 0, None, None))
+    return engine.wrap(fn, compile=stacked)  # one model: validation eager (compiling it costs more than it saves)
+
+
+def _batches(plan: Plan, split: Split, pipe: Pipeline, batch_size: int, epoch: int, stacked: bool):
+    if plan.shared_data:
+        return train_batches(split, pipe, batch_size, plan.seeds[0], epoch)
+    streams = [train_batches(split, pipe, batch_size, s, epoch) for s in plan.seeds]
+    return ((torch.stack(xs), torch.stack(ys)) for xs, ys in (zip(*batch) for batch in zip(*streams)))
+
+
+def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_size: int, eval_batch_size: int,
+          start: Start | None = None, hooks: Hooks | None = None, desc: str = "train", progress: bool | None = None,
+          log: Callable[[str], None] = print) -> Result:
+    """Train the plan's models on ``data`` (already on the backend's device); see the module docstring."""
+    hooks = hooks or Hooks()
+    device, k = backend.device, plan.k
+    stacked = _stacked(plan)
+    if plan.shared_data and len(set(plan.seeds)) != 1:
+        raise ValueError("shared data needs one seed for all models")
+    if not stacked and k != 1:
+        raise ValueError("an unstacked plan trains one model")
+    steps = steps_per_epoch(len(data.train), batch_size)
+    total = steps * plan.epochs if plan.max_steps is None else min(steps * plan.epochs, plan.max_steps)
+    if len(plan.lr_factor) < total:
+        raise ValueError(f"lr_factor has {len(plan.lr_factor)} entries for {total} steps")
+    engine = backend.engine(k if stacked else None, total, plan.compile, log)
+    optimizer = make_optimizer(plan.optimizer)
+
+    step_fn = make_train_step(optimizer, precision=backend.precision, device_type=device.type)
+    if stacked:
+        data_dim = None if plan.shared_data else 0
+        step_fn = vmap(step_fn, in_dims=(0, 0, 0, 0, data_dim, data_dim))
+    if plan.guard:
+        step_fn = guarded(step_fn)
+    step_fn = engine.wrap(step_fn)
+    eval_fn = make_eval(backend, engine, stacked)
+
+    if start is None:
+        P, S, O = init_trees(plan, backend.precision, device)
+        first_epoch, metrics = 0, [[] for _ in range(k)]
+    else:
+        P, S, O = (tree_map(lambda t: t.to(device), tr) for tr in (start.params, start.state, start.opt_state))
+        first_epoch, metrics = start.epoch, [list(m) for m in start.metrics]
+    P, O = engine.params(P), engine.params(O)
+    H = table(plan.hypers, device, stacked)
+    factor = plan.lr_factor.to(device)
+    active = torch.ones(k if stacked else (), dtype=torch.bool, device=device)
+    loss_dtype = torch.float64 if backend.precision == "fp64" else torch.float32
+    losses = torch.full((total, k), float("nan"), dtype=loss_dtype, device=device)
+    host_losses = np.zeros((0, k))
+    bar = tqdm(total=total, initial=min(first_epoch * steps, total), desc=desc, unit="step", leave=False,
+               disable=(not progress) if progress is not None else None)
+    train_seconds = first_step = 0.0
+    base = g = first_epoch * steps
+    stop_at: int | None = None
+    images = 0
+    for epoch in range(first_epoch, plan.epochs):
+        if g >= total:
+            break
+        t0 = time.perf_counter()
+        correct = torch.zeros(k, dtype=torch.int64, device=device)
+        g0, seen = g, 0
+        for x, y in _batches(plan, data.train, pipe, batch_size, epoch, stacked):
+            hp = at_step(H, factor[g])
+            args = (P, S, O, hp, engine.batch(x), y) + ((active,) if plan.guard else ())
+            out = step_fn(*args)
+            P, S, O, loss, c = out[:5]
+            if plan.guard:
+                active = out[5]
+            if g == base:  # the first step includes compilation: keep it out of the rate
+                loss.sum().item()
+                first_step = time.perf_counter() - t0
+            losses[g] = loss
+            correct += c
+            seen += y.shape[-1]
+            g += 1
+            bar.update(1)
+            last = g == total or g - g0 == steps
+            if g % hooks.check_every == 0 or last:
+                host_losses = np.concatenate([host_losses, losses[base + len(host_losses):g].double().cpu().numpy()])
+                done = time.perf_counter() - t0
+                bar.set_postfix(models=k, epoch=f"{epoch + 1}/{plan.epochs}", img_s=f"{k * seen / done:.0f}",
+                                loss=f"{np.nanmean(host_losses[-hooks.check_every:]):.3f}")
+                if hooks.on_check is not None:
+                    stop_at = hooks.on_check(Check(host_losses, epoch, base))
+                    if stop_at is not None:
+                        break
+            if last:
+                break
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        train_seconds += dt
+        images += k * seen
+        if stop_at is not None:
+            break
+        val = None
+        if plan.validate:
+            val = evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, engine)
+        ep_losses = torch.as_tensor(host_losses[g0 - base:g - base])
+        records = []
+        correct_host = correct.tolist()
+        active_host = active.reshape(-1).tolist()
+        for j in range(k):
+            rec = {"epoch": epoch + 1, "train_loss": float(ep_losses[:, j].mean()),
+                   "train_acc": correct_host[j] / max(seen, 1)}
+            if val is not None:
+                rec.update(val_loss=val["loss"][j], val_acc=val["acc"][j], val_top5_acc=val["top5_acc"][j])
+            rec.update(lr=float(plan.hypers[j].lr * _factor_of(plan.lr_factor, g - 1, j)),
+                       diverged=not active_host[j], seconds=time.perf_counter() - t0, train_seconds=dt,
+                       images_per_sec=seen / dt, engine=engine.describe())
+            metrics[j].append(rec)
+            records.append(rec)
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(EpochEnd(epoch + 1, records, metrics, P, S, O))
+    bar.close()
+    n_run = stop_at if stop_at is not None else len(host_losses)
+    step_losses = torch.as_tensor(host_losses[:n_run])
+    bad = ~torch.isfinite(step_losses)
+    diverged_at = [base + int(bad[:, j].nonzero()[0]) + 1 if bad[:, j].any() else None for j in range(k)]
+    timed = images - k * min(batch_size, len(data.train))  # the first step is not timed
+    rate = timed / max(train_seconds - first_step, 1e-9) if g - base > 1 else 0.0
+    return Result(P, S, O, metrics, step_losses, diverged_at, rate, first_step, engine.describe(), stacked,
+                  stopped_early=stop_at is not None, extra={"compile_fallback": engine.fallback})
+
+
+def _factor_of(lr_factor: torch.Tensor, g: int, j: int) -> float:
+    row = lr_factor[g]
+    return float(row if row.ndim == 0 else row[j])
