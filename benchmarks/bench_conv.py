@@ -93,7 +93,7 @@ def main() -> None:
 
         row = [timed(sequential, args.rounds)]
         for formulation in ("per_model", "grouped"):
-            with batching.per_model_rules("cpu", formulation):
+            with batching.per_model_rules(formulation == "per_model"):
                 row.append(timed(stacked, args.rounds))
         totals = [t + r for t, r in zip(totals, row)]
         print(f"| {cin}->{cout}, {ks}x{ks}, {size}, /{stride} | {row[0]:.1f} | {row[1]:.1f} | {row[2]:.1f} | "

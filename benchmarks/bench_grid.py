@@ -1,11 +1,14 @@
 """Stacked vs sequential training throughput, in model-images per second, measured side by side.
 
-For each K: one stack of K models under ``torch.func.vmap`` (the grid path: shared batch, per-model lr/wd,
-divergence masking) against the standard path that trains the same models one after another (its per-model
-rate does not depend on K, so it is measured once per mode and round). Both paths run the same step function,
-eager or compiled, on the same channels-last batches; the stacked convolutions and batch norms run in each
-formulation asked for (``per_model``: the rules of :mod:`cifar100_func.batching`; ``grouped``: vmap's built-in
-rules). Rounds alternate so machine drift hits every variant alike. Compilation is not timed.
+For each K: one stack of K models under ``torch.func.vmap`` (the grid's step: vmap of the step over the models,
+shared batch, per-model lr/wd from the hyper-parameter table, divergence masking by ``step.guarded``) against the
+standard path that trains the same models one after another (its per-model rate does not depend on K, so it is
+measured once per mode and round). Every variant is built as the commands build it: a config (``train.compile``
+from the mode, ``grid.batching`` from the formulation) turned into a :class:`~cifar100_func.backend.Backend` and an
+engine, which decide the precision, the compilation, the batching rules and the memory format of the batches and
+weights. The stacked convolutions and batch norms run in each formulation asked for (``per_model``: the rules of
+:mod:`cifar100_func.batching`; ``grouped``: vmap's built-in rules). Rounds alternate so machine drift hits every
+variant alike. Compilation is not timed.
 
     python benchmarks/bench_grid.py --data-root ../shared --ks 1,2,6,12 --modes eager,compiled
 """
@@ -19,21 +22,22 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.func import vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar100_func import model  # noqa: E402
-from cifar100_func.allocator import reuse_freed_memory  # noqa: E402
-from cifar100_func.batching import per_model_rules  # noqa: E402
+from cifar100_func import backend as backend_mod  # noqa: E402
+from cifar100_func.backend import Backend, resolve_device  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data import load_dataset  # noqa: E402
+from cifar100_func.hparams import Hyper, at_step, table  # noqa: E402
 from cifar100_func.loader import Pipeline, train_batches  # noqa: E402
-from cifar100_func.optim import hyperparams, make_optimizer  # noqa: E402
-from cifar100_func.seeding import generator  # noqa: E402
-from cifar100_func.stacked import make_stacked_step, stack_trees  # noqa: E402
-from cifar100_func.step import make_train_step  # noqa: E402
-from cifar100_func.trainer import arch_from, compiled, to_memory_format  # noqa: E402
+from cifar100_func.loop import Plan, init_trees  # noqa: E402
+from cifar100_func.optim import make_optimizer  # noqa: E402
+from cifar100_func.step import guarded, make_train_step  # noqa: E402
+from cifar100_func.trainer import arch_from  # noqa: E402
+
+REUSED = "allocator: freed memory reused"
 
 
 def _sync(device):
@@ -41,39 +45,44 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def build(cfg, data, device, k: int | None, mode: str, channels_last: bool, formulation: str = "auto"):
-    """A ready-to-call step and its initial carry for a stack of k models (k None: the standard path)."""
+def variant_config(path: str, overrides: list[str], mode: str, formulation: str):
+    return load_config(path, [*overrides, f"train.compile={str(mode == 'compiled').lower()}",
+                              f"grid.batching={formulation}"])
+
+
+def build(cfg, data, device, k: int | None, mode: str, steps: int):
+    """(run(x, y) -> loss, engine) for a stack of k models (k None: the standard path), with its trees."""
     tc = cfg.train
+    backend = Backend.create(cfg, device)
+    compile = mode == "compiled"  # forced: a benchmark's few steps are below the commands' 200-step threshold
+    engine = backend.engine(k, steps, compile=compile)
     opt = make_optimizer(tc.optimizer)
-    params, state = model.init(arch_from(cfg, data.num_classes), generator(0, "init"))
-    step = make_train_step(opt, precision=tc.precision, device_type=device.type)
+    step = make_train_step(opt, precision=backend.precision, device_type=device.type)
+    n = 1 if k is None else k
+    # the grid's plan (shared seed and batches, as the reference grid), or fit's for one model
+    plan = Plan(arch_from(cfg, data.num_classes), [tc.seed] * n, [Hyper.of(cfg)] * n, tc.optimizer, 1,
+                torch.ones(steps), shared_data=True, guard=k is not None, stacked=k is not None)
+    P, S, O = init_trees(plan, backend.precision, device)
+    P, O = engine.params(P), engine.params(O)
+    H = table(plan.hypers, device, stacked=k is not None)
+    factor = torch.ones((), device=device)  # the schedule's multiplier of the step (constant here)
     if k is None:
-        params = to_memory_format(tree_map(lambda t: t.to(device), params), channels_last)
-        carry = [params, tree_map(lambda t: t.to(device), state), None]
-        carry[2] = opt.init(carry[0])
-        hp = hyperparams(tc.optimizer.lr, tc.optimizer.weight_decay, device)
-        fn = compiled(step) if mode == "compiled" else step
+        fn = engine.wrap(step)
+        carry = [P, S, O]
 
         def run(x, y):
-            carry[0], carry[1], carry[2], loss, _ = fn(carry[0], carry[1], carry[2], hp, x, y)
+            carry[0], carry[1], carry[2], loss, _ = fn(*carry, at_step(H, factor), engine.batch(x), y)
             return loss
     else:
-        P = stack_trees([params] * k)
-        S = stack_trees([state] * k)
-        P, S = (tree_map(lambda t: t.to(device), tr) for tr in (P, S))
-        O = tree_map(lambda t: t.to(device), stack_trees([opt.init(params)] * k))
+        fn = engine.wrap(guarded(vmap(step, in_dims=(0, 0, 0, 0, None, None))))
         carry = [P, S, O, torch.ones(k, dtype=torch.bool, device=device)]
-        H = {"lr": torch.full((k,), tc.optimizer.lr, device=device),
-             "weight_decay": torch.full((k,), tc.optimizer.weight_decay, device=device)}
-        sstep = make_stacked_step(step, shared_data=True)
-        fn = compiled(sstep) if mode == "compiled" else sstep
 
         def run(x, y):
-            with per_model_rules(device, formulation, mode == "compiled"):
-                carry[0], carry[1], carry[2], loss, _, carry[3] = fn(carry[0], carry[1], carry[2], H, x, y,
-                                                                     carry[3])
+            P, S, O, active = carry
+            carry[0], carry[1], carry[2], loss, _, carry[3] = fn(P, S, O, at_step(H, factor), engine.batch(x), y,
+                                                                 active)
             return loss
-    return run
+    return run, engine, backend
 
 
 def timed(run, batches, steps: int, models: int, device) -> float:
@@ -101,37 +110,49 @@ def main() -> None:
     ap.add_argument("--modes", default="eager,compiled")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--batching", default="per_model,grouped",
-                    help="formulations of the stacked convolutions to compare (see cifar100_func.batching)")
+    ap.add_argument("--batching", default=None,
+                    help="grid.batching formulations of the stacked convolutions to compare (see "
+                         "cifar100_func.batching); default per_model,grouped on a CPU, grouped on CUDA")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="keep glibc's default allocator settings (cifar100_func.allocator) for both paths")
+                    help="keep glibc's default allocator settings (cifar100_func.allocator, otherwise applied by "
+                         "the backend as in every command) for both paths")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
-    tuned = not args.no_malloc_tuning and reuse_freed_memory()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    cfg = load_config(args.config, ["dataset.max_train=6400", *args.overrides])
+    if args.no_malloc_tuning:  # the backend's process setup would apply it: skip it there
+        backend_mod.reuse_freed_memory = lambda: False
+    device = resolve_device(args.device)
+    overrides = ["dataset.max_train=6400", *args.overrides]
+    cfg = load_config(args.config, overrides)
     data = load_dataset(cfg.dataset, args.data_root).to(device)
     ks = [int(k) for k in args.ks.split(",")]
     modes = args.modes.split(",")
-    forms = args.batching.split(",")
+    forms = (args.batching or ("per_model,grouped" if device.type == "cpu" else "grouped")).split(",")
     torch._dynamo.config.recompile_limit = 64  # one compiled closure of the same step per variant
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, cfg.train.channels_last)
+    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device)
     variants = [(m, None, "") for m in modes] + [(m, k, f) for m in modes for k in ks for f in forms]
-    runners = {v: build(cfg, data, device, v[1], v[0], cfg.train.channels_last and v[1] is None, v[2] or "auto")
-               for v in variants}
+    n_steps = 3 * args.rounds + args.steps * args.rounds
+    # every engine before any compilation: creating a compiled engine resets dynamo's caches
+    runners = {v: build(variant_config(args.config, overrides, v[0], v[2] or "auto"), data, device, v[1], v[0],
+                        n_steps) for v in variants}
+    backends = [b for _, _, b in runners.values()]
+    tuned = all(REUSED in b.notes for b in backends) if device.type == "cpu" else "n/a (CUDA)"
+    if args.no_malloc_tuning and tuned is True:
+        raise SystemExit("--no-malloc-tuning: the backend applied the allocator setting anyway")
+    print(f"backend: {backends[0].header()}", flush=True)
     results: dict = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
+            run, engine, _ = runners[v]
             batches = train_batches(data.train, pipe, cfg.train.batch_size, 0, r)
-            ips = timed(runners[v], batches, args.steps, v[1] or 1, device)
+            ips = timed(run, batches, args.steps, v[1] or 1, device)
             results[v].append(ips)
             name = "sequential" if v[1] is None else f"stacked K={v[1]} {v[2]}"
-            print(f"round {r + 1}: {v[0]:>8} {name:>26}: {ips:8.1f} model-images/s", flush=True)
+            print(f"round {r + 1}: {v[0]:>8} {name:>26}: {ips:8.1f} model-images/s"
+                  + (f"  [{engine.describe()}]" if r == 0 else ""), flush=True)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"\ndevice {device} ({where}); torch {torch.__version__}; blocks {list(cfg.model.blocks)}, "
-          f"mid {cfg.model.bottleneck_mid}; batch {cfg.train.batch_size}; precision {cfg.train.precision}; "
+          f"mid {cfg.model.bottleneck_mid}; batch {cfg.train.batch_size}; precision {backends[0].precision}; "
           f"{args.steps} steps x {args.rounds} rounds (median); freed memory reused: {tuned}")
     print("| mode | K | sequential (standard path) | "
           + " | ".join(f"stacked, {f} | {f} / sequential" for f in forms) + " |")

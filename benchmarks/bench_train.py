@@ -2,9 +2,13 @@
 
 Reference: ``nn.Module`` BottleneckNet, per-image torchvision transforms on PIL images, a shuffling
 ``DataLoader`` with worker processes, ``torch.optim.Adam``. Ours: device-resident uint8 data, batched
-augmentation, the pure ``grad_and_value`` step and the functional Adam (exactly what ``fit`` runs), in the
-variants named on the command line. Rounds alternate between the variants so that drift of the machine
-hits all of them alike; the table gives the median images/s and the ratio to the reference.
+augmentation, the pure ``grad_and_value`` step and the functional Adam, run exactly as ``trainer.fit`` runs it
+(the loop of :mod:`cifar100_func.loop` for one model: the backend's precision, memory format and compilation, the
+hyper-parameter table scaled by the schedule), in the variants named on the command line. Each variant is a
+config (``train.precision``, ``train.channels_last``, ``train.compile`` set from its name) turned into a
+:class:`~cifar100_func.backend.Backend` and an engine, as the commands do; compilation happens in the warm-up, not
+in the timed steps. Rounds alternate between the variants so that drift of the machine hits all of them alike; the
+table gives the median images/s and the ratio to the reference.
 
     python benchmarks/bench_train.py --data-root ../shared --steps 30 --rounds 3
 """
@@ -22,16 +26,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import reference  # noqa: E402
-from cifar100_func.allocator import reuse_freed_memory  # noqa: E402
-from cifar100_func.checkpoint import tree_to  # noqa: E402
+from cifar100_func import backend as backend_mod  # noqa: E402
+from cifar100_func.backend import Backend, resolve_device  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data import load_dataset  # noqa: E402
+from cifar100_func.hparams import Hyper, at_step, table  # noqa: E402
 from cifar100_func.loader import Pipeline, train_batches  # noqa: E402
-from cifar100_func import model  # noqa: E402
-from cifar100_func.optim import hyperparams, make_optimizer  # noqa: E402
-from cifar100_func.seeding import generator  # noqa: E402
+from cifar100_func.loop import Plan, init_trees  # noqa: E402
+from cifar100_func.optim import make_optimizer  # noqa: E402
 from cifar100_func.step import make_train_step  # noqa: E402
-from cifar100_func.trainer import arch_from, to_memory_format  # noqa: E402
+from cifar100_func.trainer import arch_from  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")
+REUSED = "allocator: freed memory reused"
 
 
 def bench_reference(data, steps: int, batch: int, workers: int) -> float:
@@ -44,36 +51,57 @@ def bench_reference(data, steps: int, batch: int, workers: int) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def bench_ours(cfg, data, device, steps: int, precision: str, channels_last: bool, compiled: bool) -> float:
-    tc = cfg.train
-    optimizer = make_optimizer(tc.optimizer)
-    params, state = model.init(arch_from(cfg, data.num_classes), generator(0, "init"))
-    params = to_memory_format(tree_to(params, device), channels_last)
-    state = tree_to(state, device)
-    opt_state = optimizer.init(params)
-    step = make_train_step(optimizer, precision=precision, device_type=device.type)
-    if compiled:
-        step = torch.compile(step)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device, channels_last)
+def variant_overrides(name: str) -> list[str]:
+    """``fp32 | fp32-cl | bf16 | bf16-cl`` with an optional ``-compile`` -> config overrides."""
+    parts = name.split("-")
+    flags = set(parts[1:])
+    if parts[0] not in PRECISIONS or not flags <= {"cl", "compile"} or len(flags) != len(parts) - 1:
+        raise SystemExit(f"--variants: unknown variant {name!r} (fp32 | fp32-cl | bf16 | bf16-cl, suffix -compile)")
+    return [f"train.precision={parts[0]}", f"train.channels_last={str('cl' in flags).lower()}",
+            f"train.compile={str('compile' in flags).lower()}"]
 
-    def run(n: int, epoch: int) -> int:
-        nonlocal params, state, opt_state
+
+class Ours:
+    """One variant of the standard path: its backend, engine, step and trees, built once (compiled on first call)."""
+
+    def __init__(self, cfg, data, device: torch.device, steps: int) -> None:
+        tc = cfg.train
+        self.cfg, self.data = cfg, data
+        self.backend = Backend.create(cfg, device)
+        # fit's plan for one model; the engine compiles when the variant says so, whatever the number of steps
+        plan = Plan(arch_from(cfg, data.num_classes), [tc.seed], [Hyper.of(cfg)], tc.optimizer, 1,
+                    torch.ones(steps + 3), stacked=False)
+        self.engine = self.backend.engine(None, steps + 3, compile=self.backend.compile)
+        step = make_train_step(make_optimizer(tc.optimizer), precision=self.backend.precision,
+                               device_type=device.type)
+        self.step = self.engine.wrap(step)
+        P, S, O = init_trees(plan, self.backend.precision, device)
+        self.carry = [self.engine.params(P), S, self.engine.params(O)]
+        self.H = table(plan.hypers, device, stacked=False)
+        self.factor = torch.ones((), device=device)  # the schedule's multiplier of the step (constant here)
+        self.pipe = Pipeline.create(cfg.preprocess, cfg.augment, device)
+
+    def run(self, n: int, epoch: int) -> int:
+        """``n`` training steps on the batches of ``epoch``, as the loop runs them; returns the images seen."""
+        P, S, O = self.carry
         seen = 0
-        for i, (x, y) in enumerate(train_batches(data.train, pipe, tc.batch_size, 0, epoch)):
+        engine, device = self.engine, self.backend.device
+        for i, (x, y) in enumerate(train_batches(self.data.train, self.pipe, self.cfg.train.batch_size,
+                                                 self.cfg.train.seed, epoch)):
             if i == n:
                 break
-            hp = hyperparams(tc.optimizer.lr, tc.optimizer.weight_decay, device)
-            params, state, opt_state, loss, _ = step(params, state, opt_state, hp, x, y)
+            P, S, O, loss, _ = self.step(P, S, O, at_step(self.H, self.factor), engine.batch(x), y)
             seen += len(y)
         loss.item()
         if device.type == "cuda":
             torch.cuda.synchronize()
+        self.carry = [P, S, O]
         return seen
 
-    run(3, 0)  # warm-up (and compilation)
-    t0 = time.perf_counter()
-    seen = run(steps, 1)
-    return seen / (time.perf_counter() - t0)
+    def timed(self, steps: int, epoch: int) -> float:
+        t0 = time.perf_counter()
+        seen = self.run(steps, epoch)
+        return seen / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -87,22 +115,36 @@ def main() -> None:
     ap.add_argument("--variants", default="fp32,fp32-cl,bf16-cl",
                     help="comma list of ours: fp32 | fp32-cl | bf16 | bf16-cl, suffix -compile to compile")
     ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="keep glibc's default allocator settings (cifar100_func.allocator) for every pipeline")
+                    help="keep glibc's default allocator settings (cifar100_func.allocator, otherwise applied by "
+                         "the backend as in every command) for every pipeline")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override, repeatable")
     args = ap.parse_args()
-    tuned = not args.no_malloc_tuning and reuse_freed_memory()  # as every command does; the reference shares it
-    cfg = load_config(args.config)
+    if args.no_malloc_tuning:  # the backend's process setup would apply it: skip it there
+        backend_mod.reuse_freed_memory = lambda: False
+    device = resolve_device(args.device)
+    variants = args.variants.split(",")
+    overrides = {name: variant_overrides(name) for name in variants}
+    cfg = load_config(args.config, args.overrides)
     data = load_dataset(cfg.dataset, args.data_root)
-    device = torch.device(args.device)
     ddata = data.to(device)
-    names = ["reference"] + args.variants.split(",")
+    # every variant's backend and engine before any compilation (a compiled engine resets dynamo's caches), and
+    # before the reference runs, so that the process setting (allocator) is the same for every pipeline
+    ours = {name: Ours(load_config(args.config, [*args.overrides, *overrides[name]]), ddata, device, args.steps)
+            for name in variants}
+    tuned = all(REUSED in o.backend.notes for o in ours.values())
+    if args.no_malloc_tuning and tuned:
+        raise SystemExit("--no-malloc-tuning: the backend applied the allocator setting anyway")
+    for name, o in ours.items():
+        print(f"{name}: {o.backend.header()}; {o.engine.describe()}", flush=True)
+        o.run(3, 0)  # warm-up (and compilation)
+    names = ["reference"] + variants
     results: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in names:
             if name == "reference":
                 ips = bench_reference(data, args.steps, cfg.train.batch_size, args.workers)
             else:
-                ips = bench_ours(cfg, ddata, device, args.steps, "bf16" if name.startswith("bf16") else "fp32",
-                                 "-cl" in name, name.endswith("-compile"))
+                ips = ours[name].timed(args.steps, r + 1)
             results[name].append(ips)
             print(f"round {r + 1}: {name:>16}: {ips:7.1f} images/s", flush=True)
     ref = statistics.median(results["reference"])
@@ -112,8 +154,11 @@ def main() -> None:
     print("| pipeline | images/s | vs reference |\n| --- | ---: | ---: |")
     for name in names:
         med = statistics.median(results[name])
-        label = f"reference (nn.Module + torchvision + DataLoader, {args.workers} workers)" if name == "reference" \
-            else f"standard path, {name}"
+        if name == "reference":
+            label = f"reference (nn.Module + torchvision + DataLoader, {args.workers} workers)"
+        else:
+            fell_back = " (compile failed: eager)" if ours[name].engine.fallback else ""
+            label = f"standard path, {name}{fell_back}"
         print(f"| {label} | {med:.0f} | {med / ref:.2f}x |")
 
 

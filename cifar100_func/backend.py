@@ -137,7 +137,12 @@ class Engine:
         return self.backend.channels_last and (self.k is None or self.per_model)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        """A batch in the memory format of this engine; (K, N, C, H, W) per-model batches channels-last per model."""
+        if not self.channels_last:
+            return x
+        if x.ndim == 5:
+            return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+        return x.contiguous(memory_format=torch.channels_last)
 
     def params(self, tree: Any) -> Any:
         """One model's conv weights channels-last when its batches are (no layout change inside the step)."""

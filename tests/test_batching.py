@@ -8,8 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
+from torch.utils._pytree import tree_leaves
 
-from cifar100_func.batching import per_model_rules, uses_per_model
+from cifar100_func.backend import Backend
+from cifar100_func.batching import per_model_rules
+from cifar100_func.config import load_config
+from cifar100_func.errors import ConfigError
 
 K = 3
 
@@ -45,7 +49,7 @@ def test_stacked_layer_gradients_and_statistics_equal_per_model_runs(shared, cin
     params, stats = _params(cin, cout, k, dtype)
     x = torch.randn(5, cin, 8, 8, dtype=dtype) if shared else torch.randn(K, 5, cin, 8, 8, dtype=dtype)
     f = grad(_loss, argnums=(0, 2), has_aux=True)
-    with per_model_rules("cpu", "per_model", compiled):
+    with per_model_rules(True, functional=compiled):
         (gp, gx), (rm, rv) = vmap(f, in_dims=(0, 0, None if shared else 0, None, None))(params, stats, x, stride,
                                                                                         padding)
     for i in range(K):  # the reference: each model alone, no vmap
@@ -60,27 +64,40 @@ def test_stacked_rules_in_float32_are_the_sequential_kernels():
     params, stats = _params(8, 8, 3, torch.float32)
     x = torch.randn(4, 8, 8, 8).contiguous(memory_format=torch.channels_last)
     f = grad(_loss, has_aux=True)
-    with per_model_rules("cpu", "per_model"):
+    with per_model_rules(True):
         gp, _ = vmap(f, in_dims=(0, 0, None, None, None))(params, stats, x, 1, 1)
     for i in range(K):
         gp_i, _ = f([p[i] for p in params], [s[i] for s in stats], x, 1, 1)
         assert torch.equal(gp[0][i], gp_i[0])
 
 
-def test_rules_are_removed_on_exit_and_only_installed_for_the_cpu():
-    assert uses_per_model("cpu") and not uses_per_model("cuda") and uses_per_model("cuda", "per_model")
-    assert not uses_per_model("cpu", "grouped") and not uses_per_model("cpu", compiled=True)
-    assert uses_per_model("cpu", "per_model", compiled=True)
-    with pytest.raises(ValueError, match="formulation"):
-        uses_per_model("cpu", "fast")
+def _backend(device: str, batching: str) -> Backend:
+    return Backend(torch.device(device), "fp32", "", True, True, "default", batching)
+
+
+def test_the_backend_installs_the_rules_for_eager_stacks_on_the_cpu_only():
+    def form(device, batching, k, compiled):
+        e = _backend(device, batching).engine(k, 10, compiled)
+        return e.per_model, e.channels_last
+
+    assert form("cpu", "auto", 3, False) == (True, True)  # eager stack: per-model kernels, channels-last batches
+    assert form("cpu", "auto", 3, True) == (False, False)  # compiled stack: vmap's grouped rules, NCHW
+    assert form("cpu", "per_model", 3, True) == (True, True) and form("cpu", "grouped", 3, False) == (False, False)
+    assert form("cpu", "auto", None, True) == (False, True)  # one model: no vmap, no rules, channels-last
+    assert form("cuda", "auto", 3, False) == (False, False)  # CUDA: never the rules (cudnn_batch_norm)
+    with pytest.raises(ConfigError, match="grid.batching"):
+        Backend.create(load_config(None, ["grid.batching=per_model"]), torch.device("cuda"))
+
+
+def test_rules_are_removed_on_exit():
     x, w = torch.randn(2, 3, 5, 5), torch.randn(K, 4, 3, 3, 3)
     inside_calls = []
 
     def conv(w):
         return F.conv2d(x, w, padding=1)
 
-    with per_model_rules("cpu"):
-        with per_model_rules("cpu"):  # nesting is harmless
+    with per_model_rules(True):
+        with per_model_rules(True):  # nesting is harmless
             inside_calls.append(vmap(conv)(w))
         inside = vmap(conv)(w)
     outside = vmap(conv)(w)  # vmap's built-in rule again
@@ -91,42 +108,30 @@ def test_rules_are_removed_on_exit_and_only_installed_for_the_cpu():
 def test_unstacked_running_statistics_with_stacked_activations_is_refused():
     x = torch.randn(K, 4, 3, 5, 5)
     rm, rv = torch.zeros(3), torch.ones(3)
-    with per_model_rules("cpu", "per_model"), pytest.raises(RuntimeError):
+    with per_model_rules(True), pytest.raises(RuntimeError):
         vmap(lambda x: F.batch_norm(x, rm, rv, None, None, True, 0.1, 1e-5))(x)
 
 
 @pytest.mark.skipif(not os.environ.get("CIFAR100_COMPILE_TESTS"),
                     reason="compiles a stacked step (a minute or more on 2 cores); set CIFAR100_COMPILE_TESTS=1")
 @pytest.mark.parametrize("formulation", ["per_model", "grouped"])
-def test_compiled_stack_matches_the_eager_stack(formulation):
-    """torch.compile of a stacked step with the rules (their functional form) traces, and trains as eagerly, to
-    1e-9 in fp64 (in fp32 inductor's rounding alone moves weights by ~3e-3 in three steps of this tiny net). Three
-    steps, so the step is compiled again for the strides of its own outputs, as in the grid."""
-    precision = "fp64"
-    from torch.utils._pytree import tree_leaves
+def test_compiled_stack_matches_the_eager_stack(tiny_config, formulation):
+    """A compiled stack (the rules in their functional form when per_model) trains as the eager one, to 1e-9 in
+    fp64 (in fp32 inductor's rounding alone moves weights by ~3e-3 in a few steps of this tiny net), and compiling
+    did not fall back to eager. Several steps, so the step is compiled again for the strides of its own outputs."""
+    from test_grid import fit_stack
 
-    from cifar100_func import model
-    from cifar100_func.optim import sgd
-    from cifar100_func.stacked import init_stack, make_stacked_step
-    from cifar100_func.step import make_train_step
+    cfg = load_config(tiny_config({"train": {"precision": "fp64", "channels_last": True},
+                                   "grid": {"batching": formulation},
+                                   "dataset": {"synthetic": {"train_size": 100 + 32 * 3}}}))
+    from cifar100_func.data import load_dataset
+    from cifar100_func.trainer import arch_from
 
-    opt = sgd()
-    step = make_stacked_step(make_train_step(opt, precision=precision), shared_data=True)
-    compiled_step = torch.compile(step)  # no eager fallback: a tracing failure fails the test
-    hp = {"lr": torch.tensor([0.01, 0.02, 0.03], dtype=torch.float64),
-          "weight_decay": torch.tensor([0.0, 5e-4, 1e-3], dtype=torch.float64)}
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(16, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last),
-                torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
-    results = []
-    for fn, is_compiled in ((step, False), (compiled_step, True)):
-        P, S, O = init_stack(model.Arch((1, 1, 1), 4, 10), [0, 1, 2], opt, precision, "cpu")
-        active = torch.ones(K, dtype=torch.bool)
-        for x, y in batches:
-            with per_model_rules("cpu", formulation, is_compiled):
-                P, S, O, loss, _, active = fn(P, S, O, hp, x, y, active)
-        results.append((loss, tree_leaves(P), tree_leaves(S)))
-    (loss_e, p_e, s_e), (loss_c, p_c, s_c) = results
-    torch.testing.assert_close(loss_c, loss_e, rtol=1e-9, atol=1e-10)
-    for a, b in zip(p_c + s_c, p_e + s_e):
+    data = load_dataset(cfg.dataset)
+    members = [(0.01, 0.0, 0), (0.02, 5e-4, 0), (0.03, 1e-3, 0)]
+    eager, compiled = (fit_stack(cfg, data, arch_from(cfg, data.num_classes), members, 1, shared_data=True,
+                                 compile=c) for c in (False, True))
+    assert compiled.extra["compile_fallback"] is None and "compiled" in compiled.engine
+    torch.testing.assert_close(compiled.step_losses, eager.step_losses, rtol=1e-9, atol=1e-10)
+    for a, b in zip(tree_leaves((compiled.params, compiled.state)), tree_leaves((eager.params, eager.state))):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -34,7 +34,7 @@ def test_evaluate_reference_state_dict(run_cli, tiny_config, tmp_path):
     ref.eval()
     with torch.no_grad():
         correct = sum((ref(x).argmax(1) == y).sum().item() for x, y in eval_batches(data.test, pipe, 64))
-    assert result["test_accuracy"] == correct / 100
+    assert abs(result["test_accuracy"] - correct / 100) <= 0.01  # one near-tie may flip on a GPU (cuDNN vs CPU)
     for name in ("confusion_test.png", "confusion_test_coarse.png"):
         assert (tmp_path / "ref" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -48,11 +48,33 @@ def test_evaluate_project_checkpoint(run_cli, tiny_config, tmp_path):
     assert result["checkpoint_kind"] == "project checkpoint" and result["dataset"] == "synthetic"
 
 
-def test_wrong_architecture_names_key_and_shapes(run_cli, tiny_config, tmp_path):
-    path = tmp_path / "other.pt"
-    torch.save(BottleneckNetRef((1, 1, 1), 8, num_classes=10).state_dict(), path)
+def test_architecture_comes_from_the_checkpoint_not_the_config(run_cli, tiny_config, tmp_path):
+    """A (1,2,1)/8 model evaluates with a config that says (1,1,1)/4: the shapes are the truth; its predictions
+    are the reference module's. A checkpoint for another number of classes is refused with one line."""
+    torch.manual_seed(1)
+    ref = BottleneckNetRef((1, 2, 1), 8, num_classes=10)
+    path = tmp_path / "other" / "model.pt"
+    path.parent.mkdir()
+    torch.save(ref.state_dict(), path)
+    code, out, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(path))
+    assert code == 0, err
+    result = json.loads((path.parent / "eval_test.json").read_text())
+    assert result["architecture"] == {"blocks": [1, 2, 1], "bottleneck_mid": 8, "num_classes": 10}
+    from cifar100_func.config import load_config
+    from cifar100_func.data import load_dataset
+    from cifar100_func.loader import Pipeline, eval_batches
+
+    cfg = load_config(tiny_config())
+    data = load_dataset(cfg.dataset)
+    ref.eval()
+    with torch.no_grad():
+        correct = sum((ref(x).argmax(1) == y).sum().item()
+                      for x, y in eval_batches(data.test, Pipeline.create(cfg.preprocess, cfg.augment, "cpu"), 64))
+    assert abs(result["test_accuracy"] - correct / 100) <= 0.01
+
+    torch.save(BottleneckNetRef((1, 1, 1), 4, num_classes=100).state_dict(), path)
     code, _, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(path))
-    assert code == 2 and "layer1.0.conv1.weight" in err and "(8, 64, 1, 1)" in err and "(4, 64, 1, 1)" in err
+    assert code == 2 and "100 classes" in err and len(err.strip().splitlines()) == 1
 
 
 def test_truncated_and_malicious_checkpoints(run_cli, tiny_config, tmp_path):

@@ -11,9 +11,12 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from cifar100_func import grid_search, trainer
+from cifar100_func.backend import Backend
 from cifar100_func.config import load_config
 from cifar100_func.data import load_dataset
-from cifar100_func.stacked import Member, fit_stack, unstack
+from cifar100_func.hparams import Hyper
+from cifar100_func.loader import Pipeline, steps_per_epoch
+from cifar100_func.loop import Plan, train, unstack
 
 DEV = torch.device("cpu")
 CONFIGS = [(0.001, 0.0), (0.003, 5e-4), (0.01, 1e-3)]
@@ -25,11 +28,24 @@ def _setup(tiny_config, extra=None):
     return cfg, data, trainer.arch_from(cfg, data.num_classes)
 
 
-def _sequential(cfg, data, lr, wd, seed, epochs):
+def fit_stack(cfg, data, arch, members, epochs, *, shared_data, label_smoothing=None, compile=False):
+    """A stack of ``members`` ((lr, wd, seed) each) through the loop, as the grid builds it."""
+    tc = cfg.train
+    ls = [tc.label_smoothing] * len(members) if label_smoothing is None else label_smoothing
+    factors = trainer.lr_factors(cfg, steps_per_epoch(len(data.train), tc.batch_size), epochs)
+    plan = Plan(arch, [s for _, _, s in members], [Hyper(lr, wd, l) for (lr, wd, _), l in zip(members, ls)],
+                tc.optimizer, epochs, factors, shared_data=shared_data, guard=True, stacked=True, compile=compile)
+    backend = Backend.create(cfg, DEV)
+    return train(plan, data, backend, Pipeline.create(cfg.preprocess, cfg.augment, DEV), batch_size=tc.batch_size,
+                 eval_batch_size=tc.eval_batch_size, progress=False, log=lambda s: None)
+
+
+def _sequential(cfg, data, lr, wd, seed, epochs, label_smoothing=None):
+    ls = cfg.train.label_smoothing if label_smoothing is None else label_smoothing
     c = dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, seed=seed, epochs=epochs,
+        cfg.train, seed=seed, epochs=epochs, label_smoothing=ls,
         optimizer=dataclasses.replace(cfg.train.optimizer, lr=lr, weight_decay=wd)))
-    return trainer.fit(c, data, DEV, progress=False, log=lambda s: None)
+    return trainer.fit(c, data, Backend.create(c, DEV), progress=False, log=lambda s: None)
 
 
 @pytest.mark.parametrize("independent", [False, True])
@@ -51,8 +67,8 @@ def test_stack_equals_sequential_runs(tiny_config, independent, precision, optim
                                                      "channels_last": True},  # both paths: the same conv kernels
                                            "dataset": {"synthetic": {"train_size": 100 + 32 * steps}}})
     seeds = [7 + i if independent else 7 for i in range(3)]
-    members = [Member(f"m{i}", lr, wd, s) for i, ((lr, wd), s) in enumerate(zip(CONFIGS, seeds))]
-    res = fit_stack(cfg, data, DEV, arch, members, epochs, shared_data=not independent, progress=False)
+    members = [(lr, wd, s) for (lr, wd), s in zip(CONFIGS, seeds)]
+    res = fit_stack(cfg, data, arch, members, epochs, shared_data=not independent)
     for j, ((lr, wd), seed) in enumerate(zip(CONFIGS, seeds)):
         seq = _sequential(cfg, data, lr, wd, seed, epochs)
         torch.testing.assert_close(res.step_losses[:, j], torch.tensor(seq.step_losses, dtype=res.step_losses.dtype),
@@ -69,11 +85,11 @@ def test_stack_equals_sequential_runs(tiny_config, independent, precision, optim
 
 def test_diverging_member_is_frozen_and_the_others_are_untouched(tiny_config):
     cfg, data, arch = _setup(tiny_config, {"train": {"optimizer": {"name": "sgd"}}})
-    good = [Member("a", 0.01, 0.0, 3), Member("c", 0.02, 5e-4, 3)]
-    bad = Member("boom", 90.0, 0.0, 3)
-    sane = Member("sane", 0.05, 0.0, 3)
-    with_bad = fit_stack(cfg, data, DEV, arch, [good[0], bad, good[1]], 2, shared_data=True, progress=False)
-    with_sane = fit_stack(cfg, data, DEV, arch, [good[0], sane, good[1]], 2, shared_data=True, progress=False)
+    good = [(0.01, 0.0, 3), (0.02, 5e-4, 3)]
+    bad = (90.0, 0.0, 3)
+    sane = (0.05, 0.0, 3)
+    with_bad = fit_stack(cfg, data, arch, [good[0], bad, good[1]], 2, shared_data=True)
+    with_sane = fit_stack(cfg, data, arch, [good[0], sane, good[1]], 2, shared_data=True)
     assert with_bad.diverged_at[1] is not None and with_bad.diverged_at[0] is None and with_bad.diverged_at[2] is None
     assert with_bad.metrics[1][-1]["diverged"] and not with_bad.metrics[0][-1]["diverged"]
     for j in (0, 2):  # bit-identical to a stack whose middle member behaved
@@ -90,9 +106,11 @@ def test_max_stack_and_grouping_do_not_change_results(tiny_config):
                                         "train": {"precision": "fp64"},
                                         "dataset": {"synthetic": {"train_size": 228}}})
     points = grid_search.expand(cfg)
-    rows_all = grid_search.run_grid(cfg, data, DEV, points, None, progress=False, log=lambda s: None)
+    rows_all = grid_search.run_grid(cfg, data, Backend.create(cfg, DEV), points, None, progress=False,
+                                    log=lambda s: None)
     cfg2 = dataclasses.replace(cfg, grid=dataclasses.replace(cfg.grid, max_stack=2))
-    rows_cut = grid_search.run_grid(cfg2, data, DEV, points, None, progress=False, log=lambda s: None)
+    rows_cut = grid_search.run_grid(cfg2, data, Backend.create(cfg2, DEV), points, None, progress=False,
+                                    log=lambda s: None)
     for a, b in zip(rows_all, rows_cut):
         assert a["config"] == b["config"]
         assert a["final_val_acc"] == b["final_val_acc"]
@@ -106,8 +124,8 @@ def test_batching_formulations_agree(tiny_config, independent):
     for form in ("per_model", "grouped"):
         cfg, data, arch = _setup(tiny_config, {"train": {"precision": "fp64", "channels_last": True},
                                                "grid": {"batching": form}})
-        members = [Member(f"m{i}", lr, wd, 5 + i * independent) for i, (lr, wd) in enumerate(CONFIGS)]
-        results.append(fit_stack(cfg, data, DEV, arch, members, 1, shared_data=not independent, progress=False))
+        members = [(lr, wd, 5 + i * independent) for i, (lr, wd) in enumerate(CONFIGS)]
+        results.append(fit_stack(cfg, data, arch, members, 1, shared_data=not independent))
     a, b = results
     torch.testing.assert_close(a.step_losses, b.step_losses, rtol=1e-9, atol=1e-12)
     for x, y in zip(tree_leaves((a.params, a.state)), tree_leaves((b.params, b.state))):
@@ -160,36 +178,43 @@ def test_bf16_stack_runs_and_matches_single_models_loosely(tiny_config):
     """bf16 autocast under vmap (mixed-dtype batch norm has no batching rule; the model normalises in fp32)."""
     cfg, data, arch = _setup(tiny_config, {"train": {"precision": "bf16"},
                                            "dataset": {"synthetic": {"train_size": 100 + 32 * 3}}})
-    members = [Member(f"m{i}", lr, wd, 5) for i, (lr, wd) in enumerate(CONFIGS)]
-    res = fit_stack(cfg, data, DEV, arch, members, 1, shared_data=True, progress=False)
+    members = [(lr, wd, 5) for lr, wd in CONFIGS]
+    res = fit_stack(cfg, data, arch, members, 1, shared_data=True)
     for j, (lr, wd) in enumerate(CONFIGS):
         seq = _sequential(cfg, data, lr, wd, 5, 1)
-        torch.testing.assert_close(res.step_losses[:, j], torch.tensor(seq.step_losses), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(res.step_losses[:, j], torch.tensor(seq.step_losses, dtype=torch.float64),
+                                   rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("grid_compile, train_compile, train_size, expected", [
-    (None, True, 64 * 250, True),  # 250 steps per stack: compiling pays
-    (None, True, 64 * 50, False),  # 50 steps: it would not
-    (None, False, 64 * 250, False),
-    (True, False, 64 * 50, True),  # forced either way
-    (False, True, 64 * 250, False),
+@pytest.mark.parametrize("grid_compile, train_compile, n_steps, expected", [
+    (None, True, 250, True),  # 250 steps per stack: compiling pays
+    (None, True, 50, False),  # 50 steps: it would not
+    (None, False, 250, False),
+    (True, False, 50, True),  # forced either way
+    (False, True, 250, False),
 ])
-def test_stacks_compile_only_when_it_pays(tiny_config, monkeypatch, grid_compile, train_compile, train_size,
-                                          expected):
-    """``grid.compile: null`` follows ``train.compile`` for stacks of at least 200 steps; true/false force it."""
-    cfg, data, _ = _setup(tiny_config, {"train": {"compile": train_compile, "batch_size": 64},
-                                        "grid": {"compile": grid_compile},
-                                        "dataset": {"synthetic": {"train_size": train_size}}})
-    seen = []
+def test_stacks_compile_only_when_it_pays(tiny_config, grid_compile, train_compile, n_steps, expected):
+    """``grid.compile: null`` follows ``train.compile`` for runs of at least 200 steps; true/false force it; the
+    grid hands ``grid.compile`` to the loop's plan, which asks the backend."""
+    cfg, data, _ = _setup(tiny_config, {"train": {"compile": train_compile, "channels_last": True},
+                                        "grid": {"compile": grid_compile}})
+    engine = Backend.create(cfg, DEV).engine(3, n_steps, cfg.grid.compile)
+    assert engine.compiled == expected
+    # an eager stack on a CPU runs the per-model rules and channels-last batches; a compiled one vmap's own rules
+    assert engine.per_model == (not expected) and engine.channels_last == (not expected)
 
-    class Stop(Exception):
-        pass
 
-    def fake_fit_stack(*args, compile_step, **kwargs):
-        seen.append(compile_step)
-        raise Stop
-
-    monkeypatch.setattr(grid_search, "fit_stack", fake_fit_stack)
-    with pytest.raises(Stop):
-        grid_search.run_grid(cfg, data, DEV, grid_search.expand(cfg), None, progress=False, log=lambda s: None)
-    assert seen == [expected]
+@pytest.mark.parametrize("independent", [False, True])
+def test_per_model_label_smoothing_in_a_stack_equals_sequential_runs(tiny_config, independent):
+    """Label smoothing is a per-model tensor of the hyper-parameter table: a stack of different values (fp64)
+    trains each member as a sequential run with that value in its config."""
+    cfg, data, arch = _setup(tiny_config, {"train": {"precision": "fp64", "channels_last": True},
+                                           "dataset": {"synthetic": {"train_size": 228}}})
+    smoothing = [0.0, 0.1, 0.3]
+    seeds = [5 + i * independent for i in range(3)]
+    members = [(0.003, 5e-4, s) for s in seeds]
+    res = fit_stack(cfg, data, arch, members, 1, shared_data=not independent, label_smoothing=smoothing)
+    for j, (ls, seed) in enumerate(zip(smoothing, seeds)):
+        seq = _sequential(cfg, data, 0.003, 5e-4, seed, 1, label_smoothing=ls)
+        torch.testing.assert_close(res.step_losses[:, j], torch.tensor(seq.step_losses, dtype=torch.float64),
+                                   rtol=1e-9, atol=1e-12)

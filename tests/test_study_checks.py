@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cifar100_func import lr_finder, sanity
+from cifar100_func.backend import Backend
 from cifar100_func.config import load_config
 from cifar100_func.data import load_dataset
 from cifar100_func.model import Arch
@@ -41,7 +42,7 @@ def _cfg(tiny_config, extra=None):
 def test_finder_stops_early_on_divergence_and_suggests_lrs(tiny_config):
     cfg = _cfg(tiny_config, {"lr_finder": {"seeds": 2, "start": 1e-4, "end": 1000.0}})
     data = load_dataset(cfg.dataset)
-    res = lr_finder.find_lr(cfg, data, torch.device("cpu"))
+    res = lr_finder.find_lr(cfg, data, Backend.create(cfg, torch.device("cpu")))
     assert res["steps"] < res["planned_steps"] == 30
     assert "not finite" in res["stop_reason"] or "exceeded" in res["stop_reason"]
     assert np.all(np.isfinite(res["losses"]))
@@ -52,13 +53,13 @@ def test_stacked_seeds_match_single_seed_runs(tiny_config):
     cfg = _cfg(tiny_config, {"lr_finder": {"seeds": 3, "start": 1e-5, "end": 1e-2, "max_steps": 6},
                              "train": {"precision": "fp64"}})
     data = load_dataset(cfg.dataset)
-    stacked = lr_finder.find_lr(cfg, data, torch.device("cpu"))
+    stacked = lr_finder.find_lr(cfg, data, Backend.create(cfg, torch.device("cpu")))
     import dataclasses
 
     for j, seed in enumerate(stacked["seeds"]):
         one = dataclasses.replace(cfg, lr_finder=dataclasses.replace(cfg.lr_finder, seeds=1),
                                   train=dataclasses.replace(cfg.train, seed=seed))
-        single = lr_finder.find_lr(one, data, torch.device("cpu"))
+        single = lr_finder.find_lr(one, data, Backend.create(one, torch.device("cpu")))
         np.testing.assert_allclose(stacked["losses"][:, j], single["losses"][:, 0], rtol=1e-9)
 
 
@@ -128,3 +129,33 @@ def test_sanity_on_real_data(run_cli, real_root, tmp_path):
     assert r["class_counts"]["test"]["min"] == r["class_counts"]["test"]["max"] == 100
     assert r["params"] == 337_252 and abs(r["initial_loss"] - math.log(100)) < 0.35
     assert r["baselines"]["test"]["majority_class"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_stop_rule_equals_a_step_by_step_check(seed):
+    """The finder looks at its losses only every few steps; its stop rule must find the step that a check after
+    every single step (as the range test is defined) would have stopped at."""
+    rng = np.random.default_rng(seed)
+    n, k = 80, 3
+    losses = 4.6 - np.linspace(0, 2, n)[:, None] + rng.normal(0, 0.05, (n, k))
+    losses[rng.integers(30, 70):] *= rng.choice([1.0, 8.0, np.nan])  # blow-up, divergence or nothing
+    lrs = np.geomspace(1e-5, 1.0, n)
+    beta, factor = 0.9, 2.0
+    want = trigger = None
+    avg, best = np.zeros(k), math.inf
+    for i in range(n):  # the old per-step loop
+        if not np.all(np.isfinite(losses[i])):
+            want, trigger = i, i
+            break
+        avg = beta * avg + (1 - beta) * losses[i]
+        m = float(np.mean(avg / (1 - beta ** (i + 1))))
+        best = min(best, m)
+        if i > 0 and m > factor * best:
+            want, trigger = i + 1, i
+            break
+    for seen in (n, 50, 20):  # what the rule concludes from the first `seen` losses only
+        got = lr_finder.stop_rule(losses[:seen], lrs, beta, factor)
+        if trigger is not None and seen > trigger:
+            assert got is not None and got[0] == want
+        else:
+            assert got is None
