@@ -107,10 +107,11 @@ def main() -> None:
     stk = base + [f"dataset.max_train={64 * args.stack_steps}", "train.compile=false"]
     data = load_dataset(load_config(args.config, std).dataset, args.data_root)
     sdata = load_dataset(load_config(args.config, stk).dataset, args.data_root)
+    old_cfg = str(Path(args.before) / args.config)  # each revision reads its own config file
     runs = {
-        "standard": [("before", lambda: standard_before(pkg, args.config, std, data)),
+        "standard": [("before", lambda: standard_before(pkg, old_cfg, std, data)),
                      ("now", lambda: standard_now(args.config, std, data))],
-        "stack": [("before", lambda: stack_before(pkg, args.config, stk, sdata, args.k)),
+        "stack": [("before", lambda: stack_before(pkg, old_cfg, stk, sdata, args.k)),
                   ("now", lambda: stack_now(args.config, stk, sdata, args.k))],
     }
     skip = set(filter(None, args.skip.split(",")))
@@ -123,7 +124,10 @@ def main() -> None:
                 rate = fn()
                 results.setdefault((path, name), []).append(rate)
                 print(f"round {r + 1}: {path:>8} {name:>6}: {rate:7.1f} (model-)images/s", flush=True)
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, before = {args.before}, overrides "
+    import cifar100_func
+
+    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, before = {args.before}, now = "
+          f"{Path(cifar100_func.__file__).parent}, overrides "
           f"{args.overrides or 'none'}; medians of {args.rounds} rounds")
     print("| path | before | now | now / before |\n| --- | ---: | ---: | ---: |")
     for path in runs:

@@ -191,6 +191,19 @@ class HparamsConfig:
 
 
 @dataclass
+class HalvingConfig:
+    """Successive halving (``grid.schedule: halving``): rungs at ``min_epochs * eta**r`` epochs up to
+    ``grid.epochs``; at each rung the best 1/eta of the running configurations (at least one) go on."""
+
+    min_epochs: float = 1.0  # the first rung; may be a fraction of an epoch
+    eta: int = 3  # 1 keeps everyone (the rungs only split the training)
+
+    def validate(self) -> None:
+        check_range("grid.halving.min_epochs", self.min_epochs, 0.0, 100000.0, low_open=True)
+        check_range("grid.halving.eta", self.eta, 1, 1000)
+
+
+@dataclass
 class GridConfig:
     epochs: int = 5
     independent_seeds: bool = False
@@ -201,9 +214,13 @@ class GridConfig:
     # compile the stacked step: null follows train.compile for stacks of at least 200 steps (shorter ones
     # spend more time compiling than it saves); true / false force it
     compile: Optional[bool] = None
+    # exhaustive: every configuration for grid.epochs; halving: successive halving across all stacks
+    schedule: Literal["exhaustive", "halving"] = "exhaustive"
+    halving: HalvingConfig = field(default_factory=HalvingConfig)
 
     def validate(self) -> None:
         check_range("grid.epochs", self.epochs, 1, 100000)
+        self.halving.validate()
         if self.max_stack is not None:
             check_positive("grid.max_stack", self.max_stack)
 

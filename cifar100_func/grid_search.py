@@ -1,7 +1,8 @@
 """``python -m cifar100_func.grid_search``: the study's hyper-parameter grid, vectorised, in one process.
 
 Configurations that share an architecture (``blocks``, ``mid``) are trained at the same time as stacked
-models under ``torch.func.vmap`` (one plan each for the loop of :mod:`.loop`); groups run one after another, at most
+models under ``torch.func.vmap`` (:mod:`.grid_run`: one plan each for the loop of :mod:`.loop`, exhaustive or
+successive halving, with per-stack records that let an interrupted grid resume); groups run one after another, at most
 ``grid.max_stack`` models per stack. Writes ``<runs_dir>/grid_search/``: ``metrics.jsonl`` (one object per model
 per epoch), ``results.csv``, ``results.md``, ``grid_search_train.png``, ``grid_search_val.png``,
 ``grid_search_heatmap.png`` and the config snapshot; checkpoints only with ``grid.save_checkpoints: true``
@@ -29,10 +30,8 @@ from .data import Dataset
 from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
 from .backend import Backend
+from .grid_run import GridRun, Member, Stack
 from .hparams import Hyper
-from .loader import Pipeline, steps_per_epoch
-from .loop import Plan, train
-from .trainer import lr_factors
 
 ONLY_KEYS = {
     "lr": "lr", "train.optimizer.lr": "lr",
@@ -106,77 +105,92 @@ def member_seed(cfg: Config, point: GridPoint) -> int:
 
 
 def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoint], out_dir: Path | None,
-             progress: bool | None = None, log=print) -> list[dict]:
-    """Train every point, stack by stack; returns one summary row per point (metrics in ``row["history"]``)."""
-    rows: list[dict] = []
-    metrics_lines: list[str] = []
+             progress: bool | None = None, log=print, force: bool = False) -> list[dict]:
+    """Train every point, stack by stack and rung by rung (:mod:`.grid_run`); one summary row per point (its
+    metrics in ``row["history"]``). With ``out_dir``, per-stack records there let a new run keep finished work."""
     tc = cfg.train
-    factors = lr_factors(cfg, steps_per_epoch(len(data.train), tc.batch_size), cfg.grid.epochs)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
-    for n, stack in enumerate(stacks(points, cfg.grid.max_stack), start=1):
-        arch = model.Arch(stack[0].blocks, stack[0].mid, data.num_classes)
-        plan = Plan(arch, [member_seed(cfg, p) for p in stack],
-                    [Hyper(p.lr, p.weight_decay, tc.label_smoothing) for p in stack], tc.optimizer, cfg.grid.epochs,
-                    factors, shared_data=not cfg.grid.independent_seeds, guard=True, compile=cfg.grid.compile)
-        desc = f"stack {n}: blocks {list(arch.blocks)} mid {arch.mid}"
-        log(f"{desc}: {len(stack)} models ({', '.join(p.name for p in stack)})")
-        t0 = time.perf_counter()
-        res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
-                    desc=desc, progress=progress, log=log)
-        log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.engine}; first step, with any compilation: "
-            f"{res.first_step_seconds:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
-        params_count = model.count_params(model.init(arch, torch.Generator().manual_seed(0))[0])
-        for j, p in enumerate(stack):
-            hist = res.metrics[j]
-            for rec in hist:
-                metrics_lines.append(json.dumps({"config": p.name, "lr": p.lr, "weight_decay": p.weight_decay,
-                                                 "blocks": list(p.blocks), "mid": p.mid, **rec}))
+    groups = stacks(points, cfg.grid.max_stack)
+    runs = [Stack(n, model.Arch(g[0].blocks, g[0].mid, data.num_classes),
+                  [Member(p.name, Hyper(p.lr, p.weight_decay, tc.label_smoothing), member_seed(cfg, p)) for p in g],
+                  list(range(len(g)))) for n, g in enumerate(groups, start=1)]
+
+    def save_final(stack: Stack, res) -> None:
+        if out_dir is None or not cfg.grid.save_checkpoints:
+            return
+        for pos, i in enumerate(stack.running):
+            params, state = res.model(pos)
+            p = groups[stack.index - 1][i]
+            save_checkpoint(out_dir / "ckpt" / f"{p.name}.ckpt", params, state, config=cfg.to_dict(),
+                            grid_point=p.name, epoch=cfg.grid.epochs, metrics=res.metrics[pos])
+
+    records = None if out_dir is None else out_dir / "stacks"
+    GridRun(cfg, data, backend, runs, records, force, progress, log, save_final).run()
+    rows = []
+    for stack, group in zip(runs, groups):
+        params_count = model.count_params(model.init(stack.arch, torch.Generator().manual_seed(0))[0])
+        for i, p in enumerate(group):
+            hist = stack.metrics[i]
+            diverged = stack.diverged_at[i] is not None
             rows.append({
                 "config": p.name, "lr": p.lr, "weight_decay": p.weight_decay, "blocks": list(p.blocks), "mid": p.mid,
                 "params": params_count,
-                "best_val_acc": max(r["val_acc"] for r in hist) if res.diverged_at[j] is None
-                else max([r["val_acc"] for r in hist if not r["diverged"]] or [0.0]),
+                "best_val_acc": max([r["val_acc"] for r in hist if not r["diverged"]] or [0.0]),
                 "final_val_acc": hist[-1]["val_acc"], "final_train_acc": hist[-1]["train_acc"],
-                "diverged": res.diverged_at[j] is not None, "diverged_at_step": res.diverged_at[j],
-                "history": hist, "step_losses": res.step_losses[:, j].tolist(),
+                "epochs": hist[-1]["epoch"], "rung_val_acc": stack.rung_val_acc[i],
+                "pruned": stack.pruned_at[i] is not None, "pruned_at_rung": stack.pruned_at[i],
+                "diverged": diverged, "diverged_at_step": stack.diverged_at[i],
+                "history": hist, "step_losses": stack.step_losses[i],
             })
-            if res.diverged_at[j] is not None:
-                log(f"  {p.name}: diverged at step {res.diverged_at[j]} (frozen there; the others were unaffected)")
-            if out_dir is not None and cfg.grid.save_checkpoints:
-                params, state = res.model(j)
-                save_checkpoint(out_dir / "ckpt" / f"{p.name}.ckpt", params, state,
-                                config=cfg.to_dict(), grid_point=p.name, epoch=cfg.grid.epochs, metrics=hist)
-        if out_dir is not None:
-            atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in metrics_lines))
+            if diverged:
+                log(f"  {p.name}: diverged at step {stack.diverged_at[i]} (frozen there; the others were unaffected)")
+    if out_dir is not None:
+        lines = [json.dumps({"config": r["config"], "lr": r["lr"], "weight_decay": r["weight_decay"],
+                             "blocks": r["blocks"], "mid": r["mid"], **rec}) for r in rows for rec in r["history"]]
+        atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in lines))
     _rank(rows)
     return rows
 
 
 def _rank(rows: list[dict]) -> None:
-    order = sorted(rows, key=lambda r: (r["diverged"], -r["final_val_acc"]))
+    """Diverged last; then the configurations that trained furthest (halving), by their last validation accuracy."""
+    order = sorted(rows, key=lambda r: (r["diverged"], -len(r["rung_val_acc"]), -r["final_val_acc"]))
     for i, r in enumerate(order, start=1):
         r["rank"] = i
 
 
-COLUMNS = ["rank", "config", "lr", "weight_decay", "blocks", "mid", "params", "best_val_acc", "final_val_acc",
-           "final_train_acc", "diverged"]
+COLUMNS = ["rank", "config", "lr", "weight_decay", "blocks", "mid", "params", "epochs", "rung_val_acc", "pruned",
+           "best_val_acc", "final_val_acc", "final_train_acc", "diverged"]
+
+
+def _cell(r: dict, c: str) -> Any:
+    if c == "blocks":
+        return "-".join(map(str, r[c]))
+    if c == "rung_val_acc":
+        return " ".join(f"{v:.4f}" for v in r[c])
+    return r[c]
 
 
 def write_tables(rows: list[dict], out_dir: Path, synthetic: bool) -> None:
+    """``results.csv`` and ``results.md``: every configuration, the epoch it reached, its validation accuracy at
+    each rung, and whether it was pruned (halving) or diverged."""
     rows = sorted(rows, key=lambda r: r["rank"])
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(COLUMNS)
     for r in rows:
-        w.writerow([r[c] if c != "blocks" else "-".join(map(str, r[c])) for c in COLUMNS])
+        w.writerow([_cell(r, c) for c in COLUMNS])
     atomic_write_text(out_dir / "results.csv", buf.getvalue())
     lines = ["# Grid search results" + (" (SYNTHETIC DATA)" if synthetic else ""), "",
-             "| rank | lr | wd | blocks | mid | params | best val acc | final val acc | final train acc | diverged |",
-             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| rank | lr | wd | blocks | mid | params | epochs | val acc at each rung | pruned | best val acc | "
+             "final val acc | final train acc | diverged |",
+             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
+        rung = " / ".join(f"{100 * v:.2f}%" for v in r["rung_val_acc"])
+        pruned = f"after rung {r['pruned_at_rung']}" if r["pruned"] else "no"
         lines.append(f"| {r['rank']} | {r['lr']:g} | {r['weight_decay']:g} | {tuple(r['blocks'])} | {r['mid']} | "
-                     f"{r['params']:,} | {100 * r['best_val_acc']:.2f}% | {100 * r['final_val_acc']:.2f}% | "
-                     f"{100 * r['final_train_acc']:.2f}% | {'yes' if r['diverged'] else 'no'} |")
+                     f"{r['params']:,} | {r['epochs']:g} | {rung} | {pruned} | {100 * r['best_val_acc']:.2f}% | "
+                     f"{100 * r['final_val_acc']:.2f}% | {100 * r['final_train_acc']:.2f}% | "
+                     f"{'yes' if r['diverged'] else 'no'} |")
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
 
 
@@ -184,15 +198,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = cli.base_parser("cifar100_func.grid_search", "Train the hyper-parameter grid as stacked models.")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run a subset, e.g. --only model.blocks=[3,3,3] (repeatable; all must match)")
+    p.add_argument("--force", action="store_true", help="train every stack again (ignore the per-stack records)")
     args = p.parse_args(argv)
     points = select(expand(cli.load(args)), parse_only(args.only))  # a bad filter fails before any work
     run = cli.prepare(args, "grid_search")
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | {len(points)} configurations, "
-          f"{cfg.grid.epochs} epochs, {'independent' if cfg.grid.independent_seeds else 'shared'} seeds\n"
+          f"{cfg.grid.epochs} epochs ({cfg.grid.schedule}), "
+          f"{'independent' if cfg.grid.independent_seeds else 'shared'} seeds\n"
           f"backend: {run.backend.header()}", flush=True)
     t0 = time.perf_counter()
-    rows = run_grid(cfg, data.to(device), run.backend, points, out_dir)
+    rows = run_grid(cfg, data.to(device), run.backend, points, out_dir, force=args.force)
     write_tables(rows, out_dir, data.synthetic)
     atomic_write_json(out_dir / "results.json", rows)
     from .plots import grid_curves, grid_heatmaps

@@ -44,9 +44,10 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator(seed, "order", epoch))
 
 
-def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int,
-                  epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Augmented, normalised training batches of epoch ``epoch``."""
+def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int, epoch: int,
+                  start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Augmented, normalised training batches of epoch ``epoch``, from its step ``start_step`` on (a run that
+    continues in the middle of an epoch gets the very batches it would have had)."""
     n = len(split)
     device = split.x.device
     order = epoch_order(n, seed, epoch)
@@ -55,7 +56,7 @@ def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int,
         params = aug.sample_params(n, pipe.augment, generator(seed, "augment", epoch)).to(device)
     order = order.to(device)
     bs = min(batch_size, n)
-    for step in range(steps_per_epoch(n, batch_size)):
+    for step in range(start_step, steps_per_epoch(n, batch_size)):
         pos = torch.arange(step * bs, (step + 1) * bs, device=device)
         idx = order[pos]
         x = aug.to_float(split.x[idx])

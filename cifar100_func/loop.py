@@ -55,13 +55,15 @@ class Plan:
 
 @dataclass
 class Start:
-    """Where a resumed run continues: trees after ``epoch`` epochs and the metrics so far."""
+    """Where a run continues: its trees after global step ``step`` (an epoch's end, or inside an epoch) and the
+    metrics so far; ``active`` (stacks) marks the members not frozen."""
 
     params: Any
     state: Any
     opt_state: Any
-    epoch: int
+    step: int
     metrics: list[list[dict]]
+    active: torch.Tensor | None = None
 
 
 @dataclass
@@ -105,6 +107,8 @@ class Result:
     first_step_seconds: float
     engine: str
     stacked: bool
+    active: torch.Tensor  # members not frozen (shape (K,) for a stack, () for one model)
+    end_step: int  # the global step the run stopped after
     stopped_early: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -168,10 +172,10 @@ def make_eval(backend: Backend, engine: Engine, stacked: bool) -> Callable:
     return engine.wrap(fn, compile=stacked)  # one model: validation eager (compiling it costs more than it saves)
 
 
-def _batches(plan: Plan, split: Split, pipe: Pipeline, batch_size: int, epoch: int, stacked: bool):
+def _batches(plan: Plan, split: Split, pipe: Pipeline, batch_size: int, epoch: int, skip: int):
     if plan.shared_data:
-        return train_batches(split, pipe, batch_size, plan.seeds[0], epoch)
-    streams = [train_batches(split, pipe, batch_size, s, epoch) for s in plan.seeds]
+        return train_batches(split, pipe, batch_size, plan.seeds[0], epoch, skip)
+    streams = [train_batches(split, pipe, batch_size, s, epoch, skip) for s in plan.seeds]
     return ((torch.stack(xs), torch.stack(ys)) for xs, ys in (zip(*batch) for batch in zip(*streams)))
 
 
@@ -190,7 +194,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     total = steps * plan.epochs if plan.max_steps is None else min(steps * plan.epochs, plan.max_steps)
     if len(plan.lr_factor) < total:
         raise ValueError(f"lr_factor has {len(plan.lr_factor)} entries for {total} steps")
-    engine = backend.engine(k if stacked else None, total, plan.compile, log)
+    engine = backend.engine(k if stacked else None, total - (start.step if start else 0), plan.compile, log)
     optimizer = make_optimizer(plan.optimizer)
 
     step_fn = make_train_step(optimizer, precision=backend.precision, device_type=device.type)
@@ -202,23 +206,26 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     step_fn = engine.wrap(step_fn)
     eval_fn = make_eval(backend, engine, stacked)
 
+    active = torch.ones(k if stacked else (), dtype=torch.bool, device=device)
     if start is None:
         P, S, O = init_trees(plan, backend.precision, device)
-        first_epoch, metrics = 0, [[] for _ in range(k)]
+        base, metrics = 0, [[] for _ in range(k)]
     else:
         P, S, O = (tree_map(lambda t: t.to(device), tr) for tr in (start.params, start.state, start.opt_state))
-        first_epoch, metrics = start.epoch, [list(m) for m in start.metrics]
+        base, metrics = start.step, [list(m) for m in start.metrics]
+        if start.active is not None:
+            active = start.active.to(device).reshape(active.shape)
+    first_epoch = base // steps
     P, O = engine.params(P), engine.params(O)
     H = table(plan.hypers, device, stacked)
     factor = plan.lr_factor.to(device)
-    active = torch.ones(k if stacked else (), dtype=torch.bool, device=device)
     loss_dtype = torch.float64 if backend.precision == "fp64" else torch.float32
     losses = torch.full((total, k), float("nan"), dtype=loss_dtype, device=device)
     host_losses = np.zeros((0, k))
-    bar = tqdm(total=total, initial=min(first_epoch * steps, total), desc=desc, unit="step", leave=False,
+    bar = tqdm(total=total, initial=min(base, total), desc=desc, unit="step", leave=False,
                disable=(not progress) if progress is not None else None)
     train_seconds = first_step = 0.0
-    base = g = first_epoch * steps
+    g = base
     stop_at: int | None = None
     images = 0
     for epoch in range(first_epoch, plan.epochs):
@@ -227,7 +234,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         t0 = time.perf_counter()
         correct = torch.zeros(k, dtype=torch.int64, device=device)
         g0, seen = g, 0
-        for x, y in _batches(plan, data.train, pipe, batch_size, epoch, stacked):
+        for x, y in _batches(plan, data.train, pipe, batch_size, epoch, g - epoch * steps):
             hp = at_step(H, factor[g])
             args = (P, S, O, hp, engine.batch(x), y) + ((active,) if plan.guard else ())
             out = step_fn(*args)
@@ -242,7 +249,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
             seen += y.shape[-1]
             g += 1
             bar.update(1)
-            last = g == total or g - g0 == steps
+            last = g == total or g == (epoch + 1) * steps
             if g % hooks.check_every == 0 or last:
                 host_losses = np.concatenate([host_losses, losses[base + len(host_losses):g].double().cpu().numpy()])
                 done = time.perf_counter() - t0
@@ -269,7 +276,9 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         correct_host = correct.tolist()
         active_host = active.reshape(-1).tolist()
         for j in range(k):
-            rec = {"epoch": epoch + 1, "train_loss": float(ep_losses[:, j].mean()),
+            done = g - epoch * steps  # steps of this epoch done: a run may stop (or have started) inside one
+            rec = {"epoch": epoch + 1 if done == steps else round(epoch + done / steps, 4),
+                   "train_loss": float(ep_losses[:, j].mean()),
                    "train_acc": correct_host[j] / max(seen, 1)}
             if val is not None:
                 rec.update(val_loss=val["loss"][j], val_acc=val["acc"][j], val_top5_acc=val["top5_acc"][j])
@@ -288,7 +297,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     timed = images - k * min(batch_size, len(data.train))  # the first step is not timed
     rate = timed / max(train_seconds - first_step, 1e-9) if g - base > 1 else 0.0
     return Result(P, S, O, metrics, step_losses, diverged_at, rate, first_step, engine.describe(), stacked,
-                  stopped_early=stop_at is not None, extra={"compile_fallback": engine.fallback})
+                  active, base + n_run, stopped_early=stop_at is not None, extra={"compile_fallback": engine.fallback})
 
 
 def _factor_of(lr_factor: torch.Tensor, g: int, j: int) -> float:

@@ -85,15 +85,16 @@ def grid_curves(rows: Sequence[dict], split: str, path: Path, synthetic: bool) -
             w = wds.index(r["weight_decay"])
             style = dict(color=colours[lrs.index(r["lr"])], linestyle=styles[w % 4], marker=markers[w % 4],
                          markersize=4, label=f"lr {r['lr']:g}, wd {r['weight_decay']:g}"
-                         + (" (diverged)" if r["diverged"] else ""))
-            epochs = [h["epoch"] for h in r["history"]]
+                         + (" (diverged)" if r["diverged"] else "")
+                         + (f" (pruned at {r['epochs']:g} ep.)" if r.get("pruned") else ""))
+            epochs = [h["epoch"] for h in r["history"]]  # fractional where a halving rung fell inside an epoch
             if split == "train" and r.get("step_losses"):
-                steps = np.arange(1, len(r["step_losses"]) + 1) / (len(r["step_losses"]) / len(epochs))
+                steps = np.arange(1, len(r["step_losses"]) + 1) / (len(r["step_losses"]) / epochs[-1])
                 axes[0, col].plot(steps, _ema(r["step_losses"]), **{**style, "marker": None})
             else:
                 axes[0, col].plot(epochs, [h[f"{split}_loss"] for h in r["history"]], **style)
             axes[1, col].plot(epochs, [100 * h[f"{split}_acc"] for h in r["history"]], **style)
-        n_epochs = max(len(r["history"]) for r in rows)
+        n_epochs = int(np.ceil(max(r["history"][-1]["epoch"] for r in rows)))
         axes[0, col].set_title(arch, fontsize=10)
         for row, ax in enumerate(axes[:, col]):
             ax.set_xlabel("epoch")
@@ -110,20 +111,25 @@ def grid_curves(rows: Sequence[dict], split: str, path: Path, synthetic: bool) -
 
 
 def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
-    """Final validation accuracy over (lr, weight decay), one heat-map per architecture."""
+    """Validation accuracy at the last epoch each configuration trained (pruned ones marked) over (lr, weight
+    decay), one heat-map per architecture."""
     archs = sorted({_arch_label(r) for r in rows})
     lrs = sorted({r["lr"] for r in rows})
     wds = sorted({r["weight_decay"] for r in rows})
     fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.6), squeeze=False, layout="constrained")
     for ax, arch in zip(axes[0], archs):
         grid = np.full((len(wds), len(lrs)), np.nan)
+        pruned: dict[tuple[int, int], float] = {}
         for r in rows:
             if _arch_label(r) == arch:
                 grid[wds.index(r["weight_decay"]), lrs.index(r["lr"])] = 100 * r["final_val_acc"]
+                if r.get("pruned"):
+                    pruned[(wds.index(r["weight_decay"]), lrs.index(r["lr"]))] = r["epochs"]
         im = ax.imshow(grid, cmap="magma", origin="lower", aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=8,
+                note = f"\n(pruned, {pruned[(i, j)]:g} ep.)" if (i, j) in pruned else ""
+                ax.text(j, i, f"{v:.1f}{note}", ha="center", va="center", fontsize=8,
                         color="white" if v < np.nanmean(grid) else "black")
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
         ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
@@ -131,7 +137,7 @@ def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
         ax.set_title(arch, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     axes[0, 0].set_ylabel("weight decay")
-    fig.suptitle("final validation accuracy (%)" + (" [SYNTHETIC DATA]" if synthetic else ""))
+    fig.suptitle("validation accuracy at the last epoch trained (%)" + (" [SYNTHETIC DATA]" if synthetic else ""))
     save_figure(fig, path)
 
 

@@ -48,6 +48,10 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
     best_epoch = max(final, key=lambda m: m["val_acc"])
     fig = lambda p, alt: _img(p, report_dir, alt)  # noqa: E731
     sets = " ".join(final_changes) or "(none)"
+    h = cfg.grid.halving
+    schedule = ("exhaustive" if cfg.grid.schedule == "exhaustive" else
+                f"successive halving: first rung at {h.min_epochs:g} epoch(s), x{h.eta} per rung, the best 1/{h.eta} "
+                "go on")
     reduced = cfg.study.profile != "full"
     lines: list[str] = [
         f"# CIFAR-100 x BottleneckNet: study report ({cfg.study.profile} profile)",
@@ -120,15 +124,11 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         "",
         "## 6. Grid search",
         "",
-        f"{len(grid)} configurations, {cfg.grid.epochs} epoch(s) each, trained as stacked models under "
-        f"`torch.func.vmap` ({'independent' if cfg.grid.independent_seeds else 'shared'} seeds). Best: "
+        f"{len(grid)} configurations, up to {cfg.grid.epochs} epoch(s) each ({schedule}), trained as stacked "
+        f"models under `torch.func.vmap` ({'independent' if cfg.grid.independent_seeds else 'shared'} seeds). Best: "
         f"**{best_grid['config']}** (final val accuracy {_pct(best_grid['final_val_acc'])}).",
         "",
-        "| rank | lr | wd | blocks | mid | params | best val | final val | final train | diverged |",
-        "| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-        *[f"| {r['rank']} | {r['lr']:g} | {r['weight_decay']:g} | {tuple(r['blocks'])} | {r['mid']} | {r['params']:,} | "
-          f"{_pct(r['best_val_acc'])} | {_pct(r['final_val_acc'])} | {_pct(r['final_train_acc'])} | "
-          f"{'yes' if r['diverged'] else 'no'} |" for r in sorted(grid, key=lambda r: r["rank"])],
+        *(runs / "grid_search" / "results.md").read_text().splitlines()[2:],
         "",
         fig(runs / "grid_search" / "grid_search_val.png", "grid validation curves"), "",
         fig(runs / "grid_search" / "grid_search_train.png", "grid training curves"), "",

@@ -154,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     study.run("sanity", lambda: _call(sanity.main, common))
     study.run("overfit", lambda: _call(overfit.main, common))
     study.run("lr_finder", lambda: _call(lr_finder.main, common))
-    study.run("grid_search", lambda: _call(grid_search.main, common))
+    grid_force = ["--force"] if "grid_search" in study.force else []  # else finished stacks are kept
+    study.run("grid_search", lambda: _call(grid_search.main, common + grid_force))
 
     def final() -> None:
         final_cfg = final_config(cfg, runs)

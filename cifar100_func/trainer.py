@@ -77,19 +77,20 @@ def _resume_mismatch(saved: dict, current: dict, prefix: str = "") -> str | None
     return None
 
 
-def _load_start(path: Path, cfg: Config, arch: model.Arch, precision: str) -> tuple[Start, float, int]:
+def _load_start(path: Path, cfg: Config, data: Dataset, precision: str) -> tuple[Start, float, int]:
     ckpt = load_file(path)
     why = _resume_mismatch(ckpt.get("config", {}), cfg.to_dict())
     if why:
         raise CheckpointError(f"cannot --resume {path}: the config changed ({why})")
-    params, state = from_state_dict(ckpt["state_dict"], arch)
+    params, state = from_state_dict(ckpt["state_dict"], arch_from(cfg, data.num_classes))
     params, state = cast_tree(params, precision), cast_tree(state, precision)
     template = make_optimizer(cfg.train.optimizer).init(params)
     leaves = ckpt.get("opt_state")
     if not isinstance(leaves, list) or len(leaves) != len(tree_leaves(template)):
         raise CheckpointError(f"cannot --resume {path}: its optimiser state does not fit {cfg.train.optimizer.name}")
     opt_state = tree_unflatten(leaves, tree_structure(template))
-    start = Start(params, state, opt_state, ckpt["epoch"], [list(ckpt["metrics"])])
+    steps = steps_per_epoch(len(data.train), cfg.train.batch_size)
+    start = Start(params, state, opt_state, ckpt["epoch"] * steps, [list(ckpt["metrics"])])
     return start, ckpt["best_val_acc"], ckpt["best_epoch"]
 
 
@@ -106,8 +107,8 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
     best = {"acc": -1.0, "epoch": 0}
     start = None
     if resume and files.last_ckpt is not None and files.last_ckpt.is_file():
-        start, best["acc"], best["epoch"] = _load_start(files.last_ckpt, cfg, arch, backend.precision)
-        log(f"resuming {run_name} after epoch {start.epoch} (best val acc {best['acc']:.4f} at epoch "
+        start, best["acc"], best["epoch"] = _load_start(files.last_ckpt, cfg, data, backend.precision)
+        log(f"resuming {run_name} after epoch {start.step // steps} (best val acc {best['acc']:.4f} at epoch "
             f"{best['epoch']})")
         if files.run_dir is not None:
             _write_metrics(files.run_dir, start.metrics[0])
