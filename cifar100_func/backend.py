@@ -12,7 +12,7 @@ CUDA paths are written from the documentation, not measured: no GPU was availabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -117,7 +117,6 @@ class Engine:
     compiled: bool
     log: Callable[[str], None] = print
     fallback: str | None = None  # why compiling failed, when it did
-    _fns: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.compiled:

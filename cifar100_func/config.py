@@ -19,7 +19,7 @@ import yaml
 
 from . import coerce
 from .coerce import build, check_positive, check_range, first_line, plain
-from .coerce import parse_override as parse_override  # re-exported: grid_search parses --set with it
+from .coerce import parse_override as parse_override  # noqa: F401 - re-exported: grid_search parses --set with it
 from .errors import ConfigError
 
 
