@@ -268,25 +268,14 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         images += k * seen
         if stop_at is not None:
             break
-        val = None
-        if plan.validate:
-            val = evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, engine)
-        ep_losses = torch.as_tensor(host_losses[g0 - base:g - base])
-        records = []
-        correct_host = correct.tolist()
-        active_host = active.reshape(-1).tolist()
-        for j in range(k):
-            done = g - epoch * steps  # steps of this epoch done: a run may stop (or have started) inside one
-            rec = {"epoch": epoch + 1 if done == steps else round(epoch + done / steps, 4),
-                   "train_loss": float(ep_losses[:, j].mean()),
-                   "train_acc": correct_host[j] / max(seen, 1)}
-            if val is not None:
-                rec.update(val_loss=val["loss"][j], val_acc=val["acc"][j], val_top5_acc=val["top5_acc"][j])
-            rec.update(lr=float(plan.hypers[j].lr * _factor_of(plan.lr_factor, g - 1, j)),
-                       diverged=not active_host[j], seconds=time.perf_counter() - t0, train_seconds=dt,
-                       images_per_sec=seen / dt, engine=engine.describe())
-            metrics[j].append(rec)
-            records.append(rec)
+        val = evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, engine) if plan.validate else None
+        done = g - epoch * steps  # steps of this epoch done: a run may stop (or have started) inside one
+        records = _records(plan, epoch + 1 if done == steps else round(epoch + done / steps, 4),
+                           host_losses[g0 - base:g - base], correct.tolist(), seen, val, active.reshape(-1).tolist(),
+                           g - 1, {"seconds": time.perf_counter() - t0, "train_seconds": dt,
+                                   "images_per_sec": seen / dt, "engine": engine.describe()})
+        for history, rec in zip(metrics, records):
+            history.append(rec)
         if hooks.on_epoch is not None:
             hooks.on_epoch(EpochEnd(epoch + 1, records, metrics, P, S, O))
     bar.close()
@@ -300,6 +289,15 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
                   active, base + n_run, stopped_early=stop_at is not None, extra={"compile_fallback": engine.fallback})
 
 
-def _factor_of(lr_factor: torch.Tensor, g: int, j: int) -> float:
-    row = lr_factor[g]
-    return float(row if row.ndim == 0 else row[j])
+def _records(plan: Plan, epoch: float, losses: np.ndarray, correct: list[int], seen: int, val: dict | None,
+             active: list[bool], last_step: int, timing: dict) -> list[dict]:
+    """One metrics record per model for the epoch (or the part of it) just trained."""
+    out = []
+    for j, hyper in enumerate(plan.hypers):
+        rec = {"epoch": epoch, "train_loss": float(np.mean(losses[:, j])), "train_acc": correct[j] / max(seen, 1)}
+        if val is not None:
+            rec.update(val_loss=val["loss"][j], val_acc=val["acc"][j], val_top5_acc=val["top5_acc"][j])
+        row = plan.lr_factor[last_step]
+        rec.update(lr=float(hyper.lr * (row if row.ndim == 0 else row[j])), diverged=not active[j], **timing)
+        out.append(rec)
+    return out

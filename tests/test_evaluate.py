@@ -9,32 +9,42 @@ import torch
 from benchmarks.reference import BottleneckNetRef
 
 
-def test_evaluate_reference_state_dict(run_cli, tiny_config, tmp_path):
-    torch.manual_seed(0)
-    ref = BottleneckNetRef((1, 1, 1), 4, num_classes=10)
-    path = tmp_path / "ref" / "model.pt"
-    path.parent.mkdir()
-    torch.save(ref.state_dict(), path)
-    code, out, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(path))
-    assert code == 0, err
-    result = json.loads((tmp_path / "ref" / "eval_test.json").read_text())
-    assert result["checkpoint_kind"] == "reference state_dict"
-    assert {"test_accuracy", "test_loss", "test_top5_accuracy"} <= set(result)
-    assert len(result["per_class_accuracy"]) == 10
-    cm = torch.tensor(result["confusion_matrix"])
-    assert cm.shape == (10, 10) and cm.sum() == result["num_test_images"] == 100
-    # the accuracy agrees with the reference module's own eval-mode predictions
+def _reference_accuracy(ref: torch.nn.Module, config_path) -> float:
+    """The reference module's own eval-mode test accuracy on the config's data (the independent oracle)."""
     from cifar100_func.config import load_config
     from cifar100_func.data import load_dataset
     from cifar100_func.loader import Pipeline, eval_batches
 
-    cfg = load_config(tiny_config())
+    cfg = load_config(config_path)
     data = load_dataset(cfg.dataset)
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, "cpu")
     ref.eval()
     with torch.no_grad():
         correct = sum((ref(x).argmax(1) == y).sum().item() for x, y in eval_batches(data.test, pipe, 64))
-    assert abs(result["test_accuracy"] - correct / 100) <= 0.01  # one near-tie may flip on a GPU (cuDNN vs CPU)
+    return correct / len(data.test)
+
+
+def _evaluate_module(run_cli, config_path, ref: torch.nn.Module, folder) -> dict:
+    """Save ``ref``'s state_dict in ``folder``, run the evaluate command on it, return its eval_test.json."""
+    path = folder / "model.pt"
+    folder.mkdir()
+    torch.save(ref.state_dict(), path)
+    code, out, err = run_cli("evaluate", "--config", str(config_path), "--checkpoint", str(path))
+    assert code == 0, err
+    return json.loads((folder / "eval_test.json").read_text())
+
+
+def test_evaluate_reference_state_dict(run_cli, tiny_config, tmp_path):
+    torch.manual_seed(0)
+    ref = BottleneckNetRef((1, 1, 1), 4, num_classes=10)
+    result = _evaluate_module(run_cli, tiny_config(), ref, tmp_path / "ref")
+    assert result["checkpoint_kind"] == "reference state_dict"
+    assert {"test_accuracy", "test_loss", "test_top5_accuracy"} <= set(result)
+    assert len(result["per_class_accuracy"]) == 10
+    cm = torch.tensor(result["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == result["num_test_images"] == 100
+    # the accuracy agrees with the reference module's own eval-mode predictions (one near-tie may flip on a GPU)
+    assert abs(result["test_accuracy"] - _reference_accuracy(ref, tiny_config())) <= 0.01
     for name in ("confusion_test.png", "confusion_test_coarse.png"):
         assert (tmp_path / "ref" / name).read_bytes()[:4] == b"\x89PNG"
 
@@ -53,24 +63,10 @@ def test_architecture_comes_from_the_checkpoint_not_the_config(run_cli, tiny_con
     are the reference module's. A checkpoint for another number of classes is refused with one line."""
     torch.manual_seed(1)
     ref = BottleneckNetRef((1, 2, 1), 8, num_classes=10)
+    result = _evaluate_module(run_cli, tiny_config(), ref, tmp_path / "other")
     path = tmp_path / "other" / "model.pt"
-    path.parent.mkdir()
-    torch.save(ref.state_dict(), path)
-    code, out, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(path))
-    assert code == 0, err
-    result = json.loads((path.parent / "eval_test.json").read_text())
     assert result["architecture"] == {"blocks": [1, 2, 1], "bottleneck_mid": 8, "num_classes": 10}
-    from cifar100_func.config import load_config
-    from cifar100_func.data import load_dataset
-    from cifar100_func.loader import Pipeline, eval_batches
-
-    cfg = load_config(tiny_config())
-    data = load_dataset(cfg.dataset)
-    ref.eval()
-    with torch.no_grad():
-        correct = sum((ref(x).argmax(1) == y).sum().item()
-                      for x, y in eval_batches(data.test, Pipeline.create(cfg.preprocess, cfg.augment, "cpu"), 64))
-    assert abs(result["test_accuracy"] - correct / 100) <= 0.01
+    assert abs(result["test_accuracy"] - _reference_accuracy(ref, tiny_config())) <= 0.01
 
     torch.save(BottleneckNetRef((1, 1, 1), 4, num_classes=100).state_dict(), path)
     code, _, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(path))
