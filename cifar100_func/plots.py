@@ -128,7 +128,7 @@ def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
         im = ax.imshow(grid, cmap="magma", origin="lower", aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
-                note = f"\n(pruned, {pruned[(i, j)]:g} ep.)" if (i, j) in pruned else ""
+                note = f"\npruned@{pruned[(i, j)]:.2g}" if (i, j) in pruned else ""
                 ax.text(j, i, f"{v:.1f}{note}", ha="center", va="center", fontsize=8,
                         color="white" if v < np.nanmean(grid) else "black")
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
@@ -137,7 +137,9 @@ def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
         ax.set_title(arch, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     axes[0, 0].set_ylabel("weight decay")
-    fig.suptitle("validation accuracy at the last epoch trained (%)" + (" [SYNTHETIC DATA]" if synthetic else ""))
+    legend = "; pruned@e: left the grid after e epochs (halving)" if any(r.get("pruned") for r in rows) else ""
+    fig.suptitle("validation accuracy at the last epoch trained (%)" + legend
+                 + (" [SYNTHETIC DATA]" if synthetic else ""))
     save_figure(fig, path)
 
 
