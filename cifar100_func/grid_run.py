@@ -10,7 +10,7 @@ any order or place.
 
 After each stack reaches a rung, its record (``stacks/stack<n>_rung<r>.json``: metrics, losses, validation
 accuracy; and, unless it is the last rung, its trees ``.pt``) is written atomically. A grid started again keeps
-every record whose key (config, stack, rung) matches ("stack 1, rung 1: done earlier, kept") and trains only the
+every record whose key (config, stack, rung) matches ("stack 1, rung 1/3: done earlier, kept") and trains only the
 rest, with the same results as an uninterrupted run; ``force`` ignores the records.
 """
 
@@ -62,7 +62,6 @@ class Stack:
     rung_val_acc: list[list[float]] = field(default_factory=list)  # per member, one value per rung reached
     diverged_at: list[int | None] = field(default_factory=list)
     pruned_at: list[int | None] = field(default_factory=list)  # rung (1-based) after which a member left
-    rates: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.members)
@@ -171,7 +170,7 @@ class GridRun:
                     eval_batch_size=tc.eval_batch_size, start=start, desc=desc, progress=self.progress, log=self.log)
         self.log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.engine}; first step, with any compilation: "
                  f"{res.first_step_seconds:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
-        val = self._val_at_end(res)
+        val = [m[-1]["val_acc"] for m in res.metrics]  # the loop validates where a run stops: at the rung
         rec = {"key": key, "rung": r, "end": end, "running": stack.running, "metrics": res.metrics,
                "step_losses": res.step_losses.T.tolist(), "val_acc": val,
                "diverged_at": res.diverged_at, "rate": res.model_images_per_sec}
@@ -185,10 +184,6 @@ class GridRun:
             atomic_write_json(self._path(stack, r, ".json"), rec)
         self._apply(stack, rec)
 
-    def _val_at_end(self, res) -> list[float]:
-        """Each running member's validation accuracy at the rung (the loop validates when a run stops)."""
-        return [m[-1]["val_acc"] for m in res.metrics]
-
     def _apply(self, stack: Stack, rec: dict) -> None:
         for pos, i in enumerate(rec["running"]):
             stack.metrics[i] += rec["metrics"][pos]
@@ -197,7 +192,6 @@ class GridRun:
             if rec["diverged_at"][pos] is not None and stack.diverged_at[i] is None:
                 stack.diverged_at[i] = rec["diverged_at"][pos]
         stack.step = rec["end"]
-        stack.rates.append(rec["rate"])
 
     def _prune(self, r: int) -> None:
         scores = {}
