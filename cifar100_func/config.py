@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 
@@ -42,7 +42,9 @@ class SyntheticConfig:
 class DatasetConfig:
     name: Literal["cifar100", "synthetic"] = "cifar100"
     root: Optional[str] = None  # the folder that contains cifar-100-python/
-    download: bool = False
+    # auto: fetch the official archive (torchvision's downloader, checksum checked) when the files are missing,
+    # and say so plainly when there is no network; true: the same, and a failed download is an error; false: never
+    download: Union[bool, Literal["auto"]] = "auto"
     num_classes: int = 100
     val_size: int = 5000
     split_seed: int = 42
@@ -84,9 +86,11 @@ class AugmentConfig:
     contrast: float = 0.2
     saturation: float = 0.2
     hue: float = 0.1
+    off_last_epochs: int = 0  # the last N epochs of a run train on plain images (a short final phase)
 
     def validate(self) -> None:
         check_range("augment.crop_padding", self.crop_padding, 0, 16)
+        check_range("augment.off_last_epochs", self.off_last_epochs, 0, 100000)
         check_range("augment.hflip_p", self.hflip_p, 0.0, 1.0)
         for key in ("brightness", "contrast", "saturation"):
             check_range(f"augment.{key}", getattr(self, key), 0.0, 1.0)
@@ -114,6 +118,8 @@ class OptimizerConfig:
     eps: float = 1e-8
     momentum: float = 0.9  # sgd only
     nesterov: bool = True  # sgd only
+    # false: weight decay on convolution and linear weights only (not on batch-norm weights and biases)
+    decay_norm_and_bias: bool = True
 
     def validate(self) -> None:
         check_range("train.optimizer.lr", self.lr, 0.0, 100.0, low_open=True)
@@ -131,8 +137,15 @@ class SchedulerConfig:
     div_factor: float = 25.0  # onecycle: initial lr = peak / div_factor
     final_div_factor: float = 1e4  # onecycle: final lr = initial lr / final_div_factor
     min_lr_ratio: float = 0.0  # cosine: final lr = peak * min_lr_ratio
+    # onecycle with sgd: momentum falls from max to base while the lr rises and comes back as it falls (as
+    # torch.optim.lr_scheduler.OneCycleLR(cycle_momentum=True)); false: the optimiser's constant momentum
+    cycle_momentum: bool = False
+    base_momentum: float = 0.85
+    max_momentum: float = 0.95
 
     def validate(self) -> None:
+        check_range("train.scheduler.base_momentum", self.base_momentum, 0.0, 1.0, high_open=True)
+        check_range("train.scheduler.max_momentum", self.max_momentum, self.base_momentum, 1.0, high_open=True)
         check_range("train.scheduler.warmup_pct", self.warmup_pct, 0.0, 1.0, low_open=True, high_open=True)
         check_range("train.scheduler.div_factor", self.div_factor, 1.0, 1e9)
         check_range("train.scheduler.final_div_factor", self.final_div_factor, 1.0, 1e12)
@@ -164,6 +177,9 @@ class TrainConfig:
         check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
         self.optimizer.validate()
         self.scheduler.validate()
+        if self.scheduler.cycle_momentum and (self.scheduler.name != "onecycle" or self.optimizer.name != "sgd"):
+            raise ConfigError("train.scheduler.cycle_momentum: needs train.scheduler.name onecycle and "
+                              f"train.optimizer.name sgd (got {self.scheduler.name}, {self.optimizer.name})")
 
 
 @dataclass
@@ -174,11 +190,17 @@ class HparamsConfig:
     weight_decay: list[float] = field(default_factory=lambda: [5e-5, 5e-4])
     blocks: list[tuple[int, int, int]] = field(default_factory=lambda: [(2, 2, 2), (3, 3, 3)])
     bottleneck_mid: list[int] = field(default_factory=lambda: [16, 32])
+    label_smoothing: Optional[list[float]] = None  # null: train.label_smoothing for every configuration
 
     def validate(self) -> None:
         for key in ("lr", "weight_decay", "blocks", "bottleneck_mid"):
             if not getattr(self, key):
                 raise ConfigError(f"hparams.{key}: must list at least one value")
+        if self.label_smoothing is not None:
+            if not self.label_smoothing:
+                raise ConfigError("hparams.label_smoothing: must list at least one value (or be null)")
+            for i, v in enumerate(self.label_smoothing):
+                check_range(f"hparams.label_smoothing[{i}]", v, 0.0, 1.0, high_open=True)
         for i, v in enumerate(self.lr):
             check_range(f"hparams.lr[{i}]", v, 0.0, 100.0, low_open=True)
         for i, v in enumerate(self.weight_decay):

@@ -116,37 +116,58 @@ def _folder(root: Path) -> Path | None:
     return None
 
 
-def find_cifar100(root: Path, download: bool) -> Path:
-    """Return the folder with the three files, downloading the official archive when allowed."""
+def find_cifar100(root: Path, download: bool | str = "auto") -> Path:
+    """Return the folder with the three files, downloading the official archive when allowed (``"auto"`` or
+    True); with ``"auto"`` a failed download ends in the same one-line "not found" message as no download."""
     folder = _folder(root)
     if folder is not None:
         return folder
-    if download:
-        _download(root)
-        folder = _folder(root)
-        if folder is not None:
-            return folder
     where = root / FOLDER
     missing = [f for f in FILES if not (where / f).is_file()]
-    if root.is_dir() and (where.is_dir()):
+    if root.is_dir() and where.is_dir():
         raise DataError(f"CIFAR-100 incomplete: {str(where)!r} lacks {', '.join(missing)}; {ROOT_HINT}")
+    tried = ""
+    if download:
+        try:
+            _download(root)
+        except DataError as exc:
+            if download is True:
+                raise
+            tried = f" (a download was tried and failed: {exc.__cause__ or 'no network?'})"
+        folder = _folder(root)
+        if folder is not None:
+            print(f"CIFAR-100 downloaded and checked (md5) into {str(root / FOLDER)!r}", flush=True)
+            return folder
     raise DataError(
-        f"CIFAR-100 not found: looked for {str(where)!r} (with train, test, meta); {ROOT_HINT}, "
-        "or set dataset.download: true where a network is available"
+        f"CIFAR-100 not found: looked for {str(where)!r} (with train, test, meta){tried}; {ROOT_HINT}"
     )
 
 
+def archive_url() -> str:
+    """The archive to fetch: ``$CIFAR100_URL`` (a mirror) or the official one."""
+    return os.environ.get("CIFAR100_URL") or ARCHIVE_URL
+
+
 def _download(root: Path) -> None:
+    """Fetch and unpack the archive with torchvision's downloader (progress bar, md5 check); a network that does
+    not answer gives up after a minute instead of hanging."""
+    import socket
+
     from torchvision.datasets.utils import download_and_extract_archive
 
+    url = archive_url()
+    before = socket.getdefaulttimeout()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        download_and_extract_archive(ARCHIVE_URL, download_root=str(root), md5=ARCHIVE_MD5)
+        print(f"CIFAR-100 not in {str(root)!r}: downloading {url}", flush=True)
+        socket.setdefaulttimeout(60)
+        download_and_extract_archive(url, download_root=str(root), md5=ARCHIVE_MD5)
     except Exception as exc:  # noqa: BLE001 - any network/IO failure becomes one clear line
-        raise DataError(
-            f"CIFAR-100 download to {str(root)!r} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
-            f"no network? {ROOT_HINT}"
-        ) from None
+        reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
+        raise DataError(f"CIFAR-100 download to {str(root)!r} failed ({reason}); no network? {ROOT_HINT}") \
+            from RuntimeError(reason)
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 # -------------------------------------------------------------------------------- reading

@@ -35,7 +35,7 @@ from .hparams import Hyper
 from .io import atomic_write, atomic_write_json
 from .loader import Pipeline, steps_per_epoch
 from .loop import Plan, Start, init_trees, train, unstack
-from .trainer import lr_factors
+from .trainer import schedule_fields
 
 
 @dataclass
@@ -129,7 +129,7 @@ class GridRun:
         tc = cfg.train
         self.steps = steps_per_epoch(len(data.train), tc.batch_size)
         self.ends = rungs(cfg, self.steps)
-        self.factors = lr_factors(cfg, self.steps, cfg.grid.epochs)
+        self.schedule = schedule_fields(cfg, self.steps, cfg.grid.epochs)
         self.pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
 
     def run(self) -> list[Stack]:
@@ -157,7 +157,7 @@ class GridRun:
         running = [stack.members[i] for i in stack.running]
         tc = self.cfg.train
         plan = Plan(stack.arch, [m.seed for m in running], [m.hyper for m in running], tc.optimizer,
-                    self.cfg.grid.epochs, self.factors, shared_data=not self.cfg.grid.independent_seeds, guard=True,
+                    self.cfg.grid.epochs, **self.schedule, shared_data=not self.cfg.grid.independent_seeds, guard=True,
                     compile=self.cfg.grid.compile, max_steps=end)
         start = None
         if stack.step > 0:
@@ -232,7 +232,7 @@ class GridRun:
         were = rec["running"]
         members = [stack.members[i] for i in were]
         template_plan = Plan(stack.arch, [m.seed for m in members], [m.hyper for m in members],
-                             self.cfg.train.optimizer, 1, self.factors)
+                             self.cfg.train.optimizer, 1, self.schedule["lr_factor"])
         p, s, o = init_trees(template_plan, self.backend.precision, torch.device("cpu"))
         active = torch.ones(len(were) if len(were) > 1 else (), dtype=torch.bool)
         spec = tree_structure((p, s, o, active))

@@ -38,6 +38,7 @@ ONLY_KEYS = {
     "weight_decay": "weight_decay", "wd": "weight_decay", "train.optimizer.weight_decay": "weight_decay",
     "blocks": "blocks", "model.blocks": "blocks",
     "mid": "mid", "bottleneck_mid": "mid", "model.bottleneck_mid": "mid",
+    "label_smoothing": "label_smoothing", "ls": "label_smoothing", "train.label_smoothing": "label_smoothing",
 }
 
 
@@ -50,10 +51,16 @@ class GridPoint:
     weight_decay: float
     blocks: tuple[int, int, int]
     mid: int
+    label_smoothing: float | None = None  # None: not a grid axis (train.label_smoothing)
 
     @property
     def name(self) -> str:
-        return f"lr{self.lr:g}_wd{self.weight_decay:g}_b{'-'.join(map(str, self.blocks))}_m{self.mid}"
+        ls = "" if self.label_smoothing is None else f"_ls{self.label_smoothing:g}"
+        return f"lr{self.lr:g}_wd{self.weight_decay:g}{ls}_b{'-'.join(map(str, self.blocks))}_m{self.mid}"
+
+    def hyper(self, cfg: Config) -> Hyper:
+        ls = cfg.train.label_smoothing if self.label_smoothing is None else self.label_smoothing
+        return Hyper(self.lr, self.weight_decay, ls)
 
     @property
     def arch_key(self) -> tuple:
@@ -63,8 +70,9 @@ class GridPoint:
 def expand(cfg: Config) -> list[GridPoint]:
     """Every combination of ``hparams``, in a fixed order (architecture-major, as the report's table)."""
     h = cfg.hparams
-    combos = itertools.product(h.blocks, h.bottleneck_mid, h.lr, h.weight_decay)
-    return [GridPoint(i, lr, wd, tuple(b), mid) for i, (b, mid, lr, wd) in enumerate(combos)]  # type: ignore[arg-type]
+    combos = itertools.product(h.blocks, h.bottleneck_mid, h.lr, h.weight_decay, h.label_smoothing or [None])
+    return [GridPoint(i, lr, wd, tuple(b), mid, ls)  # type: ignore[arg-type]
+            for i, (b, mid, lr, wd, ls) in enumerate(combos)]
 
 
 def parse_only(filters: Sequence[str]) -> dict[str, Any]:
@@ -108,10 +116,9 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
              progress: bool | None = None, log=print, force: bool = False) -> list[dict]:
     """Train every point, stack by stack and rung by rung (:mod:`.grid_run`); one summary row per point (its
     metrics in ``row["history"]``). With ``out_dir``, per-stack records there let a new run keep finished work."""
-    tc = cfg.train
     groups = stacks(points, cfg.grid.max_stack)
     runs = [Stack(n, model.Arch(g[0].blocks, g[0].mid, data.num_classes),
-                  [Member(p.name, Hyper(p.lr, p.weight_decay, tc.label_smoothing), member_seed(cfg, p)) for p in g],
+                  [Member(p.name, p.hyper(cfg), member_seed(cfg, p)) for p in g],
                   list(range(len(g)))) for n, g in enumerate(groups, start=1)]
 
     def save_final(stack: Stack, res) -> None:
@@ -132,8 +139,9 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
             hist = stack.metrics[i]
             diverged = stack.diverged_at[i] is not None
             rows.append({
-                "config": p.name, "lr": p.lr, "weight_decay": p.weight_decay, "blocks": list(p.blocks), "mid": p.mid,
-                "params": params_count,
+                "config": p.name, "lr": p.lr, "weight_decay": p.weight_decay,
+                "label_smoothing": p.hyper(cfg).label_smoothing, "ls_axis": p.label_smoothing is not None,
+                "blocks": list(p.blocks), "mid": p.mid, "params": params_count,
                 "best_val_acc": max([r["val_acc"] for r in hist if not r["diverged"]] or [0.0]),
                 "final_val_acc": hist[-1]["val_acc"], "final_train_acc": hist[-1]["train_acc"],
                 "epochs": hist[-1]["epoch"], "rung_val_acc": stack.rung_val_acc[i],
@@ -144,8 +152,8 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
             if diverged:
                 log(f"  {p.name}: diverged at step {stack.diverged_at[i]} (frozen there; the others were unaffected)")
     if out_dir is not None:
-        lines = [json.dumps({"config": r["config"], "lr": r["lr"], "weight_decay": r["weight_decay"],
-                             "blocks": r["blocks"], "mid": r["mid"], **rec}) for r in rows for rec in r["history"]]
+        keys = ("config", "lr", "weight_decay", "label_smoothing", "blocks", "mid")
+        lines = [json.dumps({**{k: r[k] for k in keys}, **rec}) for r in rows for rec in r["history"]]
         atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in lines))
     _rank(rows)
     return rows
@@ -158,7 +166,7 @@ def _rank(rows: list[dict]) -> None:
         r["rank"] = i
 
 
-COLUMNS = ["rank", "config", "lr", "weight_decay", "blocks", "mid", "params", "epochs", "rung_val_acc", "pruned",
+COLUMNS = ["rank", "config", "lr", "weight_decay", "label_smoothing", "blocks", "mid", "params", "epochs", "rung_val_acc", "pruned",
            "best_val_acc", "final_val_acc", "final_train_acc", "diverged"]
 
 
@@ -181,13 +189,14 @@ def write_tables(rows: list[dict], out_dir: Path, synthetic: bool) -> None:
         w.writerow([_cell(r, c) for c in COLUMNS])
     atomic_write_text(out_dir / "results.csv", buf.getvalue())
     lines = ["# Grid search results" + (" (SYNTHETIC DATA)" if synthetic else ""), "",
-             "| rank | lr | wd | blocks | mid | params | epochs | val acc at each rung | pruned | best val acc | "
+             "| rank | lr | wd | ls | blocks | mid | params | epochs | val acc at each rung | pruned | best val acc | "
              "final val acc | final train acc | diverged |",
-             "| ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |"]
+             "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         rung = " / ".join(f"{100 * v:.2f}%" for v in r["rung_val_acc"])
         pruned = f"after rung {r['pruned_at_rung']}" if r["pruned"] else "no"
-        lines.append(f"| {r['rank']} | {r['lr']:g} | {r['weight_decay']:g} | {tuple(r['blocks'])} | {r['mid']} | "
+        lines.append(f"| {r['rank']} | {r['lr']:g} | {r['weight_decay']:g} | {r.get('label_smoothing', 0):g} | "
+                     f"{tuple(r['blocks'])} | {r['mid']} | "
                      f"{r['params']:,} | {r['epochs']:g} | {rung} | {pruned} | {100 * r['best_val_acc']:.2f}% | "
                      f"{100 * r['final_val_acc']:.2f}% | {100 * r['final_train_acc']:.2f}% | "
                      f"{'yes' if r['diverged'] else 'no'} |")

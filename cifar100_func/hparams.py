@@ -45,6 +45,10 @@ def table(hypers: Sequence[Hyper], device: torch.device | str, stacked: bool = T
     return out
 
 
-def at_step(tab: Table, lr_factor: Tensor) -> Table:
-    """The table with each model's lr scaled by ``lr_factor`` (the schedule's multiplier for this step)."""
-    return {**tab, "lr": tab["lr"] * lr_factor}
+def at_step(tab: Table, lr_factor: Tensor, momentum: Tensor | None = None) -> Table:
+    """The table with each model's lr scaled by ``lr_factor`` (the schedule's multiplier for this step) and, when
+    the schedule cycles it, this step's ``momentum`` for every model."""
+    out = {**tab, "lr": tab["lr"] * lr_factor}
+    if momentum is not None:
+        out["momentum"] = momentum.expand_as(out["lr"])
+    return out

@@ -7,7 +7,7 @@ can be replayed on its own: this is what makes ``--resume`` give the same result
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import torch
@@ -30,6 +30,10 @@ class Pipeline:
     @staticmethod
     def create(pre: PreprocessConfig, augment: AugmentConfig, device: torch.device | str) -> "Pipeline":
         return Pipeline(torch.tensor(pre.mean, device=device), torch.tensor(pre.std, device=device), augment)
+
+    def plain(self) -> "Pipeline":
+        """The same pipeline without augmentation (a final phase on plain images)."""
+        return replace(self, augment=replace(self.augment, enabled=False))
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         return aug.normalize(x, self.mean, self.std)

@@ -41,6 +41,8 @@ class Plan:
     optimizer: OptimizerConfig
     epochs: int
     lr_factor: torch.Tensor  # the lr multiplier of every step, (epochs * steps_per_epoch,) or (..., K) per model
+    momentum: torch.Tensor | None = None  # the momentum of every step (one-cycle's cycle); None: the optimiser's
+    plain_epochs: int = 0  # the last N epochs train without augmentation
     shared_data: bool = True  # one batch stream (of seeds[0]) for all models, as the reference grid
     guard: bool = False  # freeze a member whose step is not finite (else a hook must deal with a NaN loss)
     validate: bool = True  # evaluate on the validation split after each epoch
@@ -173,6 +175,8 @@ def make_eval(backend: Backend, engine: Engine, stacked: bool) -> Callable:
 
 
 def _batches(plan: Plan, split: Split, pipe: Pipeline, batch_size: int, epoch: int, skip: int):
+    if epoch >= plan.epochs - plan.plain_epochs:
+        pipe = pipe.plain()
     if plan.shared_data:
         return train_batches(split, pipe, batch_size, plan.seeds[0], epoch, skip)
     streams = [train_batches(split, pipe, batch_size, s, epoch, skip) for s in plan.seeds]
@@ -219,6 +223,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     P, O = engine.params(P), engine.params(O)
     H = table(plan.hypers, device, stacked)
     factor = plan.lr_factor.to(device)
+    momentum = None if plan.momentum is None else plan.momentum.to(device)
     loss_dtype = torch.float64 if backend.precision == "fp64" else torch.float32
     losses = torch.full((total, k), float("nan"), dtype=loss_dtype, device=device)
     host_losses = np.zeros((0, k))
@@ -235,7 +240,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         correct = torch.zeros(k, dtype=torch.int64, device=device)
         g0, seen = g, 0
         for x, y in _batches(plan, data.train, pipe, batch_size, epoch, g - epoch * steps):
-            hp = at_step(H, factor[g])
+            hp = at_step(H, factor[g], None if momentum is None else momentum[g])
             args = (P, S, O, hp, engine.batch(x), y) + ((active,) if plan.guard else ())
             out = step_fn(*args)
             P, S, O, loss, c = out[:5]

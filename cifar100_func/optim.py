@@ -67,11 +67,24 @@ def _axpy(xs: Leaves, ys: Leaves, a: Tensor | float) -> Leaves:
 
 
 # ------------------------------------------------------------------------------------- transforms
-def add_decayed_weights() -> Transform:
-    """``u + wd * p`` with ``wd = hp["weight_decay"]``: coupled L2 before a rescaling, decoupled decay after it."""
+def matrices_only(p: Tensor) -> bool:
+    """The leaves weight decay applies to when batch-norm parameters and biases are exempt: convolution and linear
+    weights (one model's view: under ``vmap`` ``ndim`` does not count the stack's dimension)."""
+    return p.ndim > 1
+
+
+def add_decayed_weights(mask: Callable[[Tensor], bool] | None = None) -> Transform:
+    """``u + wd * p`` with ``wd = hp["weight_decay"]``: coupled L2 before a rescaling, decoupled decay after it;
+    with ``mask``, only for the leaves it accepts (optax's ``masked``)."""
 
     def update(u: Leaves, state: EmptyState, params: Leaves, hp: Hparams) -> tuple[Leaves, EmptyState]:
-        return _axpy(u, params, hp["weight_decay"]), state
+        if mask is None:
+            return _axpy(u, params, hp["weight_decay"]), state
+        idx = [i for i, p in enumerate(params) if mask(p)]
+        out = list(u)
+        for i, d in zip(idx, _axpy([u[i] for i in idx], [params[i] for i in idx], hp["weight_decay"])):
+            out[i] = d
+        return out, state
 
     return Transform(lambda params: EmptyState(), update)
 
@@ -104,14 +117,16 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Tran
 
 
 def scale_by_momentum(momentum: float = 0.9, nesterov: bool = True) -> Transform:
-    """Heavy-ball or Nesterov momentum as ``torch.optim.SGD`` (dampening 0): ``b = momentum * b + u``."""
+    """Heavy-ball or Nesterov momentum as ``torch.optim.SGD`` (dampening 0): ``b = momentum * b + u``; the
+    momentum of the step is ``hp["momentum"]`` when the schedule cycles it, else ``momentum``."""
 
     def init(params: Leaves) -> TraceState:
         return TraceState([torch.zeros_like(p) for p in params])
 
     def update(u: Leaves, state: TraceState, params: Leaves, hp: Hparams) -> tuple[Leaves, TraceState]:
-        trace = _axpy(u, state.trace, momentum)
-        return (_axpy(u, trace, momentum) if nesterov else trace), TraceState(trace)
+        momentum_ = hp.get("momentum", momentum)
+        trace = _axpy(u, state.trace, momentum_)
+        return (_axpy(u, trace, momentum_) if nesterov else trace), TraceState(trace)
 
     return Transform(init, update)
 
@@ -158,20 +173,23 @@ class Optimizer:
         return tree_unflatten(new, spec), state
 
 
-def adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, decoupled: bool = False) -> Optimizer:
+def adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, decoupled: bool = False,
+         decay_mask: Callable[[Tensor], bool] | None = None) -> Optimizer:
     """Adam with coupled L2 weight decay (``torch.optim.Adam``), or decoupled decay (``AdamW``)."""
     if decoupled:
-        return Optimizer(chain(scale_by_adam(*betas, eps), add_decayed_weights(), scale_by_lr()))
-    return Optimizer(chain(add_decayed_weights(), scale_by_adam(*betas, eps), scale_by_lr()))
+        return Optimizer(chain(scale_by_adam(*betas, eps), add_decayed_weights(decay_mask), scale_by_lr()))
+    return Optimizer(chain(add_decayed_weights(decay_mask), scale_by_adam(*betas, eps), scale_by_lr()))
 
 
-def sgd(momentum: float = 0.9, nesterov: bool = True) -> Optimizer:
+def sgd(momentum: float = 0.9, nesterov: bool = True, *,
+        decay_mask: Callable[[Tensor], bool] | None = None) -> Optimizer:
     """SGD with (Nesterov) momentum and coupled L2 weight decay (``torch.optim.SGD``, dampening 0)."""
-    return Optimizer(chain(add_decayed_weights(), scale_by_momentum(momentum, nesterov), scale_by_lr()))
+    return Optimizer(chain(add_decayed_weights(decay_mask), scale_by_momentum(momentum, nesterov), scale_by_lr()))
 
 
 def make_optimizer(cfg: OptimizerConfig) -> Optimizer:
+    mask = None if cfg.decay_norm_and_bias else matrices_only
     if cfg.name == "sgd":
-        return sgd(cfg.momentum, cfg.nesterov)
-    return adam(cfg.betas, cfg.eps, decoupled=cfg.name == "adamw")
+        return sgd(cfg.momentum, cfg.nesterov, decay_mask=mask)
+    return adam(cfg.betas, cfg.eps, decoupled=cfg.name == "adamw", decay_mask=mask)
 

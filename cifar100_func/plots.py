@@ -69,22 +69,32 @@ def _ema(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
     return np.array(out)
 
 
+def _decay(r: dict) -> tuple:
+    """A configuration's regularisation: (weight decay,) or (weight decay, label smoothing) when the grid varies
+    label smoothing."""
+    return (r["weight_decay"], r["label_smoothing"]) if r.get("ls_axis") else (r["weight_decay"],)
+
+
+def _decay_label(key: tuple) -> str:
+    return f"wd {key[0]:g}" + (f", ls {key[1]:g}" if len(key) > 1 else "")
+
+
 def grid_curves(rows: Sequence[dict], split: str, path: Path, synthetic: bool) -> None:
-    """One column per architecture; colour = lr, line style and marker = weight decay.
+    """One column per architecture; colour = lr, line style and marker = weight decay (and label smoothing).
 
     Train: the loss of every step (smoothed) on top, accuracy per epoch below. Val: loss and accuracy per epoch.
     """
     archs = sorted({_arch_label(r) for r in rows})
     lrs = sorted({r["lr"] for r in rows})
-    wds = sorted({r["weight_decay"] for r in rows})
+    wds = sorted({_decay(r) for r in rows})
     colours = plt.cm.viridis(np.linspace(0.0, 0.85, max(len(lrs), 1)))
     styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "D"]
     fig, axes = plt.subplots(2, len(archs), figsize=(4.2 * len(archs), 7), squeeze=False, layout="constrained")
     for col, arch in enumerate(archs):
         for r in (r for r in rows if _arch_label(r) == arch):
-            w = wds.index(r["weight_decay"])
+            w = wds.index(_decay(r))
             style = dict(color=colours[lrs.index(r["lr"])], linestyle=styles[w % 4], marker=markers[w % 4],
-                         markersize=4, label=f"lr {r['lr']:g}, wd {r['weight_decay']:g}"
+                         markersize=4, label=f"lr {r['lr']:g}, {_decay_label(_decay(r))}"
                          + (" (diverged)" if r["diverged"] else "")
                          + (f" (pruned at {r['epochs']:g} ep.)" if r.get("pruned") else ""))
             epochs = [h["epoch"] for h in r["history"]]  # fractional where a halving rung fell inside an epoch
@@ -112,19 +122,19 @@ def grid_curves(rows: Sequence[dict], split: str, path: Path, synthetic: bool) -
 
 def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
     """Validation accuracy at the last epoch each configuration trained (pruned ones marked) over (lr, weight
-    decay), one heat-map per architecture."""
+    decay [and label smoothing]), one heat-map per architecture."""
     archs = sorted({_arch_label(r) for r in rows})
     lrs = sorted({r["lr"] for r in rows})
-    wds = sorted({r["weight_decay"] for r in rows})
+    wds = sorted({_decay(r) for r in rows})
     fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.6), squeeze=False, layout="constrained")
     for ax, arch in zip(axes[0], archs):
         grid = np.full((len(wds), len(lrs)), np.nan)
         pruned: dict[tuple[int, int], float] = {}
         for r in rows:
             if _arch_label(r) == arch:
-                grid[wds.index(r["weight_decay"]), lrs.index(r["lr"])] = 100 * r["final_val_acc"]
+                grid[wds.index(_decay(r)), lrs.index(r["lr"])] = 100 * r["final_val_acc"]
                 if r.get("pruned"):
-                    pruned[(wds.index(r["weight_decay"]), lrs.index(r["lr"]))] = r["epochs"]
+                    pruned[(wds.index(_decay(r)), lrs.index(r["lr"]))] = r["epochs"]
         im = ax.imshow(grid, cmap="magma", origin="lower", aspect="auto")
         for (i, j), v in np.ndenumerate(grid):
             if not np.isnan(v):
@@ -132,11 +142,11 @@ def grid_heatmaps(rows: Sequence[dict], path: Path, synthetic: bool) -> None:
                 ax.text(j, i, f"{v:.1f}{note}", ha="center", va="center", fontsize=8,
                         color="white" if v < np.nanmean(grid) else "black")
         ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
-        ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
+        ax.set_yticks(range(len(wds)), [_decay_label(v) for v in wds])
         ax.set_xlabel("lr")
         ax.set_title(arch, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    axes[0, 0].set_ylabel("weight decay")
+    axes[0, 0].set_ylabel("regularisation")
     legend = "; pruned@e: left the grid after e epochs (halving)" if any(r.get("pruned") for r in rows) else ""
     fig.suptitle("validation accuracy at the last epoch trained (%)" + legend
                  + (" [SYNTHETIC DATA]" if synthetic else ""))

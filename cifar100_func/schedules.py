@@ -1,7 +1,7 @@
 """Learning-rate schedules as pure functions of the step: ``factor(step) -> multiplier of the peak lr``.
 
 A multiplier (not an absolute lr) lets K stacked models with different peak lrs share one schedule.
-``onecycle`` and ``cosine`` follow ``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing, two phases)
+``onecycle`` (and its momentum cycle, absolute values) and ``cosine`` follow ``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing, two phases)
 and ``CosineAnnealingLR``; tests compare them.
 """
 
@@ -30,20 +30,30 @@ def cosine(total_steps: int, min_ratio: float = 0.0) -> Schedule:
     return lambda step: _cos_anneal(1.0, min_ratio, min(step, total_steps) / total_steps)
 
 
-def onecycle(total_steps: int, warmup_pct: float = 0.25, div_factor: float = 25.0,
-             final_div_factor: float = 1e4) -> Schedule:
-    """Rise from 1/div_factor to 1 over ``warmup_pct`` of the steps, then fall to 1/(div*final_div)."""
-    start = 1.0 / div_factor
-    end = start / final_div_factor
+def _two_phase(total_steps: int, warmup_pct: float, first: float, turn: float, last: float) -> Schedule:
+    """From ``first`` to ``turn`` over ``warmup_pct`` of the steps, then to ``last``, along cosines (one-cycle's
+    phases, with ``OneCycleLR``'s step arithmetic)."""
     peak_step = warmup_pct * total_steps - 1.0
     last_step = total_steps - 1.0
 
-    def factor(step: int) -> float:
+    def value(step: int) -> float:
         if step <= peak_step:
-            return _cos_anneal(start, 1.0, step / peak_step if peak_step > 0 else 1.0)
-        return _cos_anneal(1.0, end, min(1.0, (step - peak_step) / max(last_step - peak_step, 1e-12)))
+            return _cos_anneal(first, turn, step / peak_step if peak_step > 0 else 1.0)
+        return _cos_anneal(turn, last, min(1.0, (step - peak_step) / max(last_step - peak_step, 1e-12)))
 
-    return factor
+    return value
+
+
+def onecycle(total_steps: int, warmup_pct: float = 0.25, div_factor: float = 25.0,
+             final_div_factor: float = 1e4) -> Schedule:
+    """Rise from 1/div_factor to 1 over ``warmup_pct`` of the steps, then fall to 1/(div*final_div)."""
+    return _two_phase(total_steps, warmup_pct, 1.0 / div_factor, 1.0, 1.0 / div_factor / final_div_factor)
+
+
+def onecycle_momentum(total_steps: int, warmup_pct: float = 0.25, base: float = 0.85, peak: float = 0.95) -> Schedule:
+    """The momentum of one-cycle's inverse cycle (``OneCycleLR(cycle_momentum=True)``): from ``peak`` down to
+    ``base`` while the lr rises, back to ``peak`` while it falls. Absolute values, not multipliers."""
+    return _two_phase(total_steps, warmup_pct, peak, base, peak)
 
 
 def make_schedule(cfg: SchedulerConfig, total_steps: int) -> Schedule:
@@ -52,6 +62,14 @@ def make_schedule(cfg: SchedulerConfig, total_steps: int) -> Schedule:
     if cfg.name == "onecycle":
         return onecycle(total_steps, cfg.warmup_pct, cfg.div_factor, cfg.final_div_factor)
     return constant()
+
+
+def momentum_table(cfg: SchedulerConfig, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The momentum of every step when ``cfg.cycle_momentum`` (one-cycle with SGD), else None (the optimiser's)."""
+    if not (cfg.cycle_momentum and cfg.name == "onecycle"):
+        return None
+    return schedule_table(onecycle_momentum(total_steps, cfg.warmup_pct, cfg.base_momentum, cfg.max_momentum),
+                          total_steps, device)
 
 
 def schedule_table(schedule: Schedule, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:

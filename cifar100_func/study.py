@@ -115,8 +115,8 @@ def final_config(cfg: Config, runs: Path) -> Config:
     rows = json.loads((runs / "grid_search" / "results.json").read_text())
     best = min(rows, key=lambda r: r["rank"])
     return replace(cfg, model=replace(cfg.model, blocks=tuple(best["blocks"]), bottleneck_mid=best["mid"]),
-                   train=replace(tc, epochs=epochs, optimizer=replace(tc.optimizer, lr=best["lr"],
-                                                                      weight_decay=best["weight_decay"])))
+                   train=replace(tc, epochs=epochs, label_smoothing=best.get("label_smoothing", tc.label_smoothing),
+                                 optimizer=replace(tc.optimizer, lr=best["lr"], weight_decay=best["weight_decay"])))
 
 
 def changed_keys(before: Config, after: Config) -> list[str]:

@@ -26,7 +26,7 @@ from .io import atomic_write_text
 from .loader import Pipeline, steps_per_epoch
 from .loop import Check, EpochEnd, Hooks, Plan, Start, train
 from .optim import make_optimizer
-from .schedules import make_schedule, schedule_table
+from .schedules import make_schedule, momentum_table, schedule_table
 from .step import cast_tree
 
 # config keys that may change between an interrupted run and its --resume without changing the result
@@ -60,6 +60,14 @@ def arch_from(cfg: Config, num_classes: int) -> model.Arch:
 def lr_factors(cfg: Config, steps: int, epochs: int):
     """The lr multiplier of every step of ``epochs`` epochs of ``steps`` steps under ``train.scheduler``."""
     return schedule_table(make_schedule(cfg.train.scheduler, steps * epochs), steps * epochs)
+
+
+def schedule_fields(cfg: Config, steps: int, epochs: int) -> dict[str, Any]:
+    """The :class:`.loop.Plan` fields a config's schedule fixes for a run of ``epochs`` epochs of ``steps`` steps:
+    the lr multiplier and momentum of every step, and the final epochs without augmentation."""
+    return {"lr_factor": lr_factors(cfg, steps, epochs),
+            "momentum": momentum_table(cfg.train.scheduler, steps * epochs),
+            "plain_epochs": min(cfg.augment.off_last_epochs, epochs)}
 
 
 def _resume_mismatch(saved: dict, current: dict, prefix: str = "") -> str | None:
@@ -101,7 +109,8 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
     tc = cfg.train
     arch = arch_from(cfg, data.num_classes)
     steps = steps_per_epoch(len(data.train), tc.batch_size)
-    factors = lr_factors(cfg, steps, tc.epochs)
+    sched = schedule_fields(cfg, steps, tc.epochs)
+    factors = sched["lr_factor"]
     hyper = Hyper.of(cfg)
     label = "synthetic" if data.synthetic else "cifar100"
     best = {"acc": -1.0, "epoch": 0}
@@ -145,7 +154,7 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
             _write_metrics(files.run_dir, history)
             _write_curves(files.run_dir, history, run_name, data.synthetic)
 
-    plan = Plan(arch, [tc.seed], [hyper], tc.optimizer, tc.epochs, factors)
+    plan = Plan(arch, [tc.seed], [hyper], tc.optimizer, tc.epochs, **sched)
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
     res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                 start=start, hooks=Hooks(50, check, on_epoch), desc=run_name,

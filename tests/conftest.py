@@ -13,6 +13,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for benchmarks.reference, the independent nn.Module oracle
 
+# dataset.download is "auto" by default: no test may reach the network, so a missing data set meets a port that
+# refuses at once (tests of the downloader serve their own archive)
+os.environ["CIFAR100_URL"] = "http://127.0.0.1:9/cifar-100-python.tar.gz"
+
 if torch.cuda.is_available():  # tests that compare two runs bit for bit need deterministic CUDA kernels
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)

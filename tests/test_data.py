@@ -73,6 +73,71 @@ def test_missing_one_file(tmp_path):
         load_dataset(DatasetConfig(val_size=5), str(root))
 
 
+def _serve(folder):
+    """A local HTTP server for ``folder`` (the network is never used); returns (base url, stop)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}", server.shutdown
+
+
+def _archive(tmp_path):
+    """A .tar.gz with the official layout (a small fake data set), and its md5."""
+    import hashlib
+    import tarfile
+
+    (tmp_path / "src").mkdir()
+    src = _fake_root(tmp_path / "src")
+    served = tmp_path / "served"
+    served.mkdir()
+    with tarfile.open(served / "cifar-100-python.tar.gz", "w:gz") as tar:
+        tar.add(src / "cifar-100-python", arcname="cifar-100-python")
+    return served, hashlib.md5((served / "cifar-100-python.tar.gz").read_bytes()).hexdigest()
+
+
+def test_auto_download_fetches_checks_and_says_where(tmp_path, monkeypatch, capsys):
+    from cifar100_func import data as data_mod
+
+    served, md5 = _archive(tmp_path)
+    base, stop = _serve(served)
+    try:
+        monkeypatch.setenv("CIFAR100_URL", f"{base}/cifar-100-python.tar.gz")
+        monkeypatch.setattr(data_mod, "ARCHIVE_MD5", md5)
+        data = load_dataset(DatasetConfig(val_size=5), str(tmp_path / "fresh"))
+        assert len(data.train) == 15 and len(data.test) == 20
+        assert "downloaded and checked (md5) into" in capsys.readouterr().out
+        assert (tmp_path / "fresh" / "cifar-100-python" / "meta").is_file()
+        # a corrupted archive fails its checksum: no data set half-read from it
+        monkeypatch.setattr(data_mod, "ARCHIVE_MD5", "0" * 32)
+        with pytest.raises(DataError, match="not found.*download was tried"):
+            load_dataset(DatasetConfig(val_size=5), str(tmp_path / "other"))
+        with pytest.raises(DataError, match="download .* failed"):
+            load_dataset(DatasetConfig(val_size=5, download=True), str(tmp_path / "other2"))
+    finally:
+        stop()
+
+
+def test_auto_download_offline_is_the_not_found_line(tmp_path):
+    # conftest points the downloader at a port that refuses: as a machine without a network
+    with pytest.raises(DataError) as exc:
+        load_dataset(DatasetConfig(), str(tmp_path / "offline"))
+    msg = str(exc.value)
+    assert msg.startswith("CIFAR-100 not found") and "--data-root" in msg and "\n" not in msg
+
+
+def test_download_never_when_false(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as u
+
+    monkeypatch.setattr(u, "download_and_extract_archive", lambda *a, **k: pytest.fail("downloaded"))
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(DatasetConfig(download=False), str(tmp_path / "nowhere"))
+
+
 def test_download_failure_is_clear(tmp_path, monkeypatch):
     import torchvision.datasets.utils as u
 
