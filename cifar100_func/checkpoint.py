@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 from .errors import CheckpointError
 from .interop import arch_from_state_dict, from_state_dict, to_state_dict
@@ -22,9 +23,16 @@ from .model import Arch, Params, State
 FORMAT = "cifar100-func/1"
 
 
-def save_checkpoint(path: Path, params: Params, state: State, **fields: Any) -> None:
-    """Write ``{"format", "state_dict", **fields}`` to ``path`` atomically (tensors moved to the CPU)."""
-    payload = {"format": FORMAT, "state_dict": to_state_dict(params, state)}
+def save_checkpoint(path: Path, params: Params, state: State, *, members: int = 0, **fields: Any) -> None:
+    """Write ``{"format", "state_dict", **fields}`` to ``path`` atomically (tensors moved to the CPU).
+
+    With ``members`` > 0 the trees are a stack of that many models (an ensemble): ``"ensemble"`` holds every
+    member's state_dict and ``"state_dict"`` the first one's, so a reader of single models still reads a model."""
+    if members:
+        sds = [to_state_dict(*(tree_map(lambda t: t[j], tr) for tr in (params, state))) for j in range(members)]
+        payload = {"format": FORMAT, "state_dict": sds[0], "ensemble": sds}
+    else:
+        payload = {"format": FORMAT, "state_dict": to_state_dict(params, state)}
     payload.update(_to_cpu(fields))
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
@@ -68,6 +76,21 @@ def load_weights(path: Path, arch: Arch | None = None) -> tuple[Params, State, d
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return params, state, obj if is_project_checkpoint(obj) else {}, arch
+
+
+def load_members(path: Path) -> tuple[list[tuple[Params, State]], dict, Arch]:
+    """Every model of a checkpoint: the members of an ensemble checkpoint, else the one model (as
+    :func:`load_weights`); all members share the first one's architecture."""
+    params, state, meta, arch = load_weights(path)
+    sds = meta.get("ensemble")
+    if not sds:
+        return [(params, state)], meta, arch
+    if not isinstance(sds, list) or not all(isinstance(sd, dict) for sd in sds):
+        raise CheckpointError(f"checkpoint {str(path)!r}: 'ensemble' must be a list of state_dicts")
+    try:
+        return [from_state_dict(sd, arch) for sd in sds], meta, arch
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: an ensemble member: {exc}") from None
 
 
 def _to_cpu(obj: Any) -> Any:

@@ -233,6 +233,7 @@ class GridConfig:
     save_checkpoints: bool = False
     # how vmap runs stacked convolutions and batch norms (cifar100_func.batching); auto: per_model if eager on a CPU
     batching: Literal["auto", "per_model", "grouped"] = "auto"
+    max_train: Optional[int] = None  # train the grid on the first N training images only (null: all)
     # compile the stacked step: null follows train.compile for stacks of at least 200 steps (shorter ones
     # spend more time compiling than it saves); true / false force it
     compile: Optional[bool] = None
@@ -242,6 +243,8 @@ class GridConfig:
 
     def validate(self) -> None:
         check_range("grid.epochs", self.epochs, 1, 100000)
+        if self.max_train is not None:
+            check_positive("grid.max_train", self.max_train)
         self.halving.validate()
         if self.max_stack is not None:
             check_positive("grid.max_stack", self.max_stack)
@@ -271,8 +274,10 @@ class OverfitConfig:
     """SPEC experiment 2: a tiny training subset must be learnt by heart, else something is broken."""
 
     num_train: int = 50
+    max_val: Optional[int] = None  # validate on the first N validation images (null: all)
     blocks: tuple[int, int, int] = (2, 2, 2)
     bottleneck_mid: int = 16
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # the SPEC's; independent of train.optimizer
     lr: float = 0.001
     weight_decay: float = 0.0
     epochs: int = 50
@@ -281,6 +286,8 @@ class OverfitConfig:
 
     def validate(self) -> None:
         check_range("overfit.num_train", self.num_train, 2, 10**6)
+        if self.max_val is not None:
+            check_positive("overfit.max_val", self.max_val)
         for i, b in enumerate(self.blocks):
             check_range(f"overfit.blocks[{i}]", b, 1, 64)
         check_range("overfit.bottleneck_mid", self.bottleneck_mid, 1, 4096)
@@ -306,10 +313,12 @@ class StudyConfig:
     description: str = "the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)"
     final_from: Literal["grid", "config"] = "grid"  # final run: the grid's best configuration, or train/model as set
     final_epochs: Optional[int] = None  # default: train.epochs
+    final_seeds: int = 1  # N > 1: the final run is a seed ensemble of N models trained as one stack
 
     def validate(self) -> None:
         if self.final_epochs is not None:
             check_range("study.final_epochs", self.final_epochs, 1, 100000)
+        check_range("study.final_seeds", self.final_seeds, 1, 1024)
 
 
 @dataclass
@@ -380,6 +389,18 @@ def from_dict(data: dict) -> Config:
     config = build(Config, data, "")
     config.validate()
     return config
+
+
+def changed_keys(before: Config, after: Config) -> list[str]:
+    """``dotted.key=value`` for every value ``after`` changes (what the report says of the final run)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out: dict = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(before.to_dict()), flat(after.to_dict())
+    return [f"{k}={b[k]}" for k in b if a.get(k) != b[k]]
 
 
 def save_snapshot(config: Config, path: str | os.PathLike) -> None:

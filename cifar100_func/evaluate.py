@@ -1,9 +1,10 @@
-"""``python -m cifar100_func.evaluate --checkpoint artifacts/best.ckpt``: test-set metrics of one model.
+"""``python -m cifar100_func.evaluate --checkpoint artifacts/best.ckpt``: test-set metrics of one model or ensemble.
 
 Reads a project checkpoint or a plain reference-layout ``state_dict`` (detected automatically); the architecture
 comes from the checkpoint's shapes, never from the config, so the two cannot disagree. Prints and writes
 ``<checkpoint dir>/eval_test.json`` with loss, accuracy, top-5 accuracy and per-class accuracy, plus fine (100x100)
-and coarse (20x20) confusion matrices.
+and coarse (20x20) confusion matrices. An ensemble checkpoint (``train --ensemble N``, ``study.final_seeds``) is
+evaluated as one stack: the ensemble's metrics (mean of the members' softmax) and each member's.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ import numpy as np
 
 from . import cli
 from .backend import Backend, resolve_device
-from .checkpoint import load_weights, tree_to
+from .checkpoint import load_members, tree_to
 from .config import Config
 from .data import Dataset, load_dataset
 from .errors import CheckpointError
 from .io import atomic_write_json
 from .loader import Pipeline
-from .loop import evaluate, make_eval
+from .loop import evaluate, make_eval, stack_trees
 from .plots import confusion_matrix_figure
 from .step import cast_tree
 
@@ -31,29 +32,37 @@ def confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
 
 
-def evaluate_test(params, state, data: Dataset, cfg: Config, backend: Backend) -> dict[str, Any]:
-    """Test metrics plus confusion matrices (fine and coarse) for one model already on the backend's device."""
-    engine = backend.engine(None, 0, compile=False)
+def evaluate_test(params, state, data: Dataset, cfg: Config, backend: Backend, members: int = 0) -> dict[str, Any]:
+    """Test metrics plus confusion matrices (fine and coarse) for one model already on the backend's device, or,
+    with ``members`` > 0, for the ensemble of a stack of that many (mean of their softmax), each member's metrics
+    under ``"members"``."""
+    engine = backend.engine(members or None, 0, compile=False)
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
-    res = evaluate(make_eval(backend, engine, stacked=False), engine.params(params), state, data.test, pipe,
-                   cfg.train.eval_batch_size, engine, keep_predictions=True)
+    res = evaluate(make_eval(backend, engine, stacked=members > 0), engine.params(params), state, data.test, pipe,
+                   cfg.train.eval_batch_size, engine, keep_predictions=True, ensemble=members > 0)
     true = data.test.y.cpu().numpy()
-    pred = res["predictions"][0].numpy()
+    ens = res.get("ensemble")
+    pred = (ens["predictions"] if ens else res["predictions"][0]).numpy()
+    top = ens or {k: res[k][0] for k in ("loss", "acc", "top5_acc")}
     k = data.num_classes
     cm = confusion(true, pred, k)
     f2c = data.fine_to_coarse.cpu().numpy()
     cm_coarse = confusion(f2c[true], f2c[pred], len(data.coarse_names))
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
-    return {
-        "test_loss": res["loss"][0],
-        "test_accuracy": res["acc"][0],
-        "test_top5_accuracy": res["top5_acc"][0],
+    out = {
+        "test_loss": top["loss"],
+        "test_accuracy": top["acc"],
+        "test_top5_accuracy": top["top5_acc"],
         "test_coarse_accuracy": float(cm_coarse.trace() / max(cm_coarse.sum(), 1)),
         "num_test_images": int(len(true)),
         "per_class_accuracy": {name: float(a) for name, a in zip(data.class_names, per_class)},
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_coarse": cm_coarse.tolist(),
     }
+    if ens:
+        out["members"] = [{"test_loss": res["loss"][j], "test_accuracy": res["acc"][j],
+                           "test_top5_accuracy": res["top5_acc"][j]} for j in range(members)]
+    return out
 
 
 def run(cfg: Config, checkpoint: str | Path | None = None, *, device: str = "auto",
@@ -62,16 +71,20 @@ def run(cfg: Config, checkpoint: str | Path | None = None, *, device: str = "aut
     path = Path(checkpoint or Path(cfg.paths.artifacts_dir) / "best.ckpt")
     dev = resolve_device(device)
     data = load_dataset(cfg.dataset, data_root)
-    params, state, meta, arch = load_weights(path)
+    models, meta, arch = load_members(path)
     if arch.num_classes != data.num_classes:
         raise CheckpointError(f"{path}: the model predicts {arch.num_classes} classes, the data set has "
                               f"{data.num_classes}")
     backend = Backend.create(cfg, dev)
+    n = len(models) if len(models) > 1 else 0
+    params, state = (stack_trees([p for p, _ in models]), stack_trees([s for _, s in models])) if n else models[0]
     params, state = cast_tree(params, backend.precision), cast_tree(state, backend.precision)
-    result = evaluate_test(tree_to(params, dev), tree_to(state, dev), data.to(dev), cfg, backend)
+    result = evaluate_test(tree_to(params, dev), tree_to(state, dev), data.to(dev), cfg, backend, members=n)
+    kind = "project checkpoint" if meta else "reference state_dict"
     result.update({
         "checkpoint": str(path),
-        "checkpoint_kind": "project checkpoint" if meta else "reference state_dict",
+        "checkpoint_kind": f"ensemble of {n} (mean of softmax)" if n else kind,
+        "ensemble_size": max(n, 1),
         "checkpoint_epoch": meta.get("epoch"),
         "architecture": {"blocks": list(arch.blocks), "bottleneck_mid": arch.mid, "num_classes": arch.num_classes},
         "dataset": "synthetic" if data.synthetic else "cifar100",
@@ -88,7 +101,10 @@ def run(cfg: Config, checkpoint: str | Path | None = None, *, device: str = "aut
           f"{result['checkpoint_kind']}, blocks {list(arch.blocks)}, mid {arch.mid}): "
           f"loss {result['test_loss']:.4f}, accuracy {result['test_accuracy']:.4f}, "
           f"top-5 {result['test_top5_accuracy']:.4f}, coarse accuracy {result['test_coarse_accuracy']:.4f}")
-    print("hardest classes: " + ", ".join(f"{n} {a:.2f}" for n, a in worst))
+    for j, m in enumerate(result.get("members", [])):
+        print(f"  member {j + 1}: loss {m['test_loss']:.4f}, accuracy "
+              f"{m['test_accuracy']:.4f}, top-5 {m['test_top5_accuracy']:.4f}")
+    print("hardest classes: " + ", ".join(f"{name} {a:.2f}" for name, a in worst))
     print(f"wrote {out / 'eval_test.json'}, {out / 'confusion_test.png'}, {out / 'confusion_test_coarse.png'}")
     return result
 

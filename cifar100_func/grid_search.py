@@ -17,7 +17,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -105,6 +105,15 @@ def stacks(points: list[GridPoint], max_stack: int | None) -> list[list[GridPoin
         size = max_stack or len(group)
         out += [group[i : i + size] for i in range(0, len(group), size)]
     return out
+
+
+def grid_data(cfg: Config) -> Config:
+    """The config the grid reads its data with: at most ``grid.max_train`` training images (a quick profile ranks
+    on a subset and trains its final run on all of them)."""
+    n = cfg.grid.max_train
+    if n is None:
+        return cfg
+    return replace(cfg, dataset=replace(cfg.dataset, max_train=min(n, cfg.dataset.max_train or n)))
 
 
 def member_seed(cfg: Config, point: GridPoint) -> int:
@@ -210,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="train every stack again (ignore the per-stack records)")
     args = p.parse_args(argv)
     points = select(expand(cli.load(args)), parse_only(args.only))  # a bad filter fails before any work
-    run = cli.prepare(args, "grid_search")
+    run = cli.prepare(args, "grid_search", adjust=grid_data)
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | {len(points)} configurations, "
           f"{cfg.grid.epochs} epochs ({cfg.grid.schedule}), "

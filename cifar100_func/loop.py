@@ -43,6 +43,7 @@ class Plan:
     lr_factor: torch.Tensor  # the lr multiplier of every step, (epochs * steps_per_epoch,) or (..., K) per model
     momentum: torch.Tensor | None = None  # the momentum of every step (one-cycle's cycle); None: the optimiser's
     plain_epochs: int = 0  # the last N epochs train without augmentation
+    ensemble: bool = False  # also validate the mean of the members' softmax (EpochEnd.ensemble)
     shared_data: bool = True  # one batch stream (of seeds[0]) for all models, as the reference grid
     guard: bool = False  # freeze a member whose step is not finite (else a hook must deal with a NaN loss)
     validate: bool = True  # evaluate on the validation split after each epoch
@@ -88,6 +89,7 @@ class EpochEnd:
     params: Any
     state: Any
     opt_state: Any
+    ensemble: dict | None = None  # the ensemble's validation loss, acc, top5_acc (Plan.ensemble)
 
 
 @dataclass
@@ -143,12 +145,24 @@ def _stacked(plan: Plan) -> bool:
     return plan.k > 1 if plan.stacked is None else plan.stacked
 
 
+def ensemble_sums(probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor]:
+    """(loss sum, correct, top-5 correct, predictions) of an ensemble on a batch: its members' softmax
+    probabilities ``probs`` (K, B, C) averaged, the loss the negative log of the averaged probability of ``y``."""
+    mean = probs.double().mean(dim=0)
+    loss = -mean.gather(-1, y[:, None]).clamp_min(1e-300).log().sum()
+    top5 = mean.topk(min(5, mean.shape[-1]), dim=-1).indices
+    return loss, (top5[:, 0] == y).sum(), (top5 == y[:, None]).any(dim=-1).sum(), top5[:, 0]
+
+
 def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pipeline, batch_size: int,
-             engine: Engine, keep_predictions: bool = False) -> dict[str, Any]:
+             engine: Engine, keep_predictions: bool = False, ensemble: bool = False) -> dict[str, Any]:
     """Loss, accuracy and top-5 accuracy of every model on a whole split (the last partial batch included): lists
-    of K values; with ``keep_predictions`` also the (K, N) predicted classes."""
+    of K values; with ``keep_predictions`` also the (K, N) predicted classes; with ``ensemble`` (a stack) also
+    ``res["ensemble"]``, the same metrics of the mean of the members' softmax (and its predictions, (N,))."""
     sums: list[torch.Tensor] | None = None
-    preds = []
+    ens: list[torch.Tensor] | None = None
+    preds, ens_preds = [], []
     with torch.no_grad():
         for x, y in eval_batches(split, pipe, batch_size):
             out = eval_fn(params, state, engine.batch(x), y)
@@ -156,6 +170,10 @@ def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pip
             sums = parts if sums is None else [a + b for a, b in zip(sums, parts)]
             if keep_predictions:
                 preds.append(out[3].reshape(-1, len(y)))
+            if ensemble:
+                *e, e_pred = ensemble_sums(out[4].reshape(-1, *out[4].shape[-2:]), y)
+                ens = e if ens is None else [a + b for a, b in zip(ens, e)]
+                ens_preds.append(e_pred)
     n = max(len(split), 1)
     if sums is None:
         raise ValueError("evaluate: the split is empty")
@@ -163,6 +181,10 @@ def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pip
     res: dict[str, Any] = {"loss": loss.tolist(), "acc": correct.tolist(), "top5_acc": top5.tolist()}
     if keep_predictions:
         res["predictions"] = torch.cat(preds, dim=1).cpu()
+    if ens is not None:
+        res["ensemble"] = dict(zip(("loss", "acc", "top5_acc"), (float(t) / n for t in ens)))
+        if keep_predictions:
+            res["ensemble"]["predictions"] = torch.cat(ens_preds).cpu()
     return res
 
 
@@ -273,7 +295,8 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         images += k * seen
         if stop_at is not None:
             break
-        val = evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, engine) if plan.validate else None
+        val = (evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, engine, ensemble=plan.ensemble and stacked)
+               if plan.validate else None)
         done = g - epoch * steps  # steps of this epoch done: a run may stop (or have started) inside one
         records = _records(plan, epoch + 1 if done == steps else round(epoch + done / steps, 4),
                            host_losses[g0 - base:g - base], correct.tolist(), seen, val, active.reshape(-1).tolist(),
@@ -282,7 +305,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         for history, rec in zip(metrics, records):
             history.append(rec)
         if hooks.on_epoch is not None:
-            hooks.on_epoch(EpochEnd(epoch + 1, records, metrics, P, S, O))
+            hooks.on_epoch(EpochEnd(epoch + 1, records, metrics, P, S, O, val.get("ensemble") if val else None))
     bar.close()
     n_run = stop_at if stop_at is not None else len(host_losses)
     step_losses = torch.as_tensor(host_losses[:n_run])

@@ -28,12 +28,12 @@ def overfit_config(cfg: Config) -> Config:
     o = cfg.overfit
     return dataclasses.replace(
         cfg,
-        dataset=dataclasses.replace(cfg.dataset, max_train=o.num_train),
+        dataset=dataclasses.replace(cfg.dataset, max_train=o.num_train, max_val=o.max_val or cfg.dataset.max_val),
         augment=dataclasses.replace(cfg.augment, enabled=o.augment),
         model=dataclasses.replace(cfg.model, blocks=o.blocks, bottleneck_mid=o.bottleneck_mid),
         train=dataclasses.replace(cfg.train, epochs=o.epochs, compile=False, scheduler=dataclasses.replace(
             cfg.train.scheduler, name="none"), optimizer=dataclasses.replace(
-            cfg.train.optimizer, lr=o.lr, weight_decay=o.weight_decay)),
+            cfg.train.optimizer, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay)),
     )
 
 

@@ -8,6 +8,7 @@ report's claims beside what this run measured.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from .config import Config, changed_keys
 from .io import atomic_write_text, read_jsonl
 
 # what the original report claimed (SPEC.md says which were checked and what was found)
@@ -32,6 +33,21 @@ def _pct(x: float) -> str:
 
 def _img(path: Path, report_dir: Path, alt: str) -> str:
     return f"![{alt}]({os.path.relpath(path, report_dir)})"
+
+
+def separation(grid: list[dict], n_val: int, halving: bool) -> dict:
+    """How far the grid's winner stands from the median configuration, at a budget all of them had (the first
+    rung under halving, the last epoch otherwise), in binomial standard errors of the winner's accuracy on
+    ``n_val`` validation images: does the ranking say something, or is it a draw?"""
+    acc = (lambda r: r["rung_val_acc"][0]) if halving else (lambda r: r["final_val_acc"])  # noqa: E731
+    best = min(grid, key=lambda r: r["rank"])
+    values = sorted(acc(r) for r in grid)
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    p = acc(best)
+    se = math.sqrt(max(p * (1 - p), 1e-12) / max(n_val, 1))
+    return {"winner": p, "median": median, "se": se, "gap_in_se": (p - median) / se,
+            "at": "the first rung" if halving else "the last epoch"}
 
 
 def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report_dir: Path,
@@ -53,6 +69,8 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
                 f"successive halving: first rung at {h.min_epochs:g} epoch(s), x{h.eta} per rung, the best 1/{h.eta} "
                 "go on")
     reduced = cfg.study.profile != "full"
+    sep = separation(grid, sanity["split_sizes"]["val"], cfg.grid.schedule == "halving")
+    members = test.get("members", [])
     lines: list[str] = [
         f"# CIFAR-100 x BottleneckNet: study report ({cfg.study.profile} profile)",
         "",
@@ -61,8 +79,10 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         lines += ["> **SYNTHETIC DATA**: this run used the generated stand-in data set, not CIFAR-100. "
                   "Its numbers say nothing about CIFAR-100.", ""]
     if reduced:
-        lines += [f"> **Reduced run** ({cfg.study.profile} profile: {cfg.study.description}). Fewer images and "
-                  "epochs than the study; its numbers are not comparable with the reference report's.", ""]
+        differs = [k for k in changed_keys(Config(), cfg) if not k.startswith(("paths.", "study.profile=",
+                                                                               "study.description="))]
+        lines += [f"> **Profile `{cfg.study.profile}`**: {cfg.study.description}. It differs from the full study "
+                  "(`configs/config.yaml`, SPEC.md) in: " + ", ".join(f"`{k}`" for k in differs) + ".", ""]
     c = sanity["class_counts"]
     lines += [
         "## 1. Data",
@@ -128,6 +148,12 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         f"models under `torch.func.vmap` ({'independent' if cfg.grid.independent_seeds else 'shared'} seeds). Best: "
         f"**{best_grid['config']}** (final val accuracy {_pct(best_grid['final_val_acc'])}).",
         "",
+        f"Is the ranking more than noise? On {sanity['split_sizes']['val']:,} validation images the binomial "
+        f"standard error of the winner's accuracy at {sep['at']} ({_pct(sep['winner'])}) is {_pct(sep['se'])}; the "
+        f"median configuration had {_pct(sep['median'])} there: the winner stands "
+        f"**{sep['gap_in_se']:.1f} standard errors** above it"
+        + (" (more than one: a ranking, not a draw)." if sep["gap_in_se"] > 1 else " (a draw within the noise)."),
+        "",
         *(runs / "grid_search" / "results.md").read_text().splitlines()[2:],
         "",
         fig(runs / "grid_search" / "grid_search_val.png", "grid validation curves"), "",
@@ -136,7 +162,9 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         "",
         "## 7. Final training",
         "",
-        f"Standard path (one model), {'the grid' if cfg.study.final_from == 'grid' else 'the config'}'s configuration "
+        (f"A seed ensemble of {len(members)} models trained as one stack under vmap" if members else
+         "Standard path (one model)")
+        + f", {'the grid' if cfg.study.final_from == 'grid' else 'the config'}'s configuration "
         f"(overrides: `{sets}`), {len(final)} epochs. Best validation accuracy **{_pct(best_epoch['val_acc'])}** at "
         f"epoch {best_epoch['epoch']}; last epoch: train accuracy {_pct(final[-1]['train_acc'])}, validation "
         f"accuracy {_pct(final[-1]['val_acc'])}; {final[-1]['images_per_sec']:.0f} training images/s.",
@@ -148,8 +176,12 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         "",
         f"Best-by-validation checkpoint (epoch {test.get('checkpoint_epoch')}), {test['num_test_images']:,} test images: "
         f"accuracy **{_pct(test['test_accuracy'])}**, loss **{test['test_loss']:.4f}**, top-5 accuracy "
-        f"{_pct(test['test_top5_accuracy'])}, coarse (20 super-classes) accuracy {_pct(test['test_coarse_accuracy'])}.",
+        f"{_pct(test['test_top5_accuracy'])}, coarse (20 super-classes) accuracy {_pct(test['test_coarse_accuracy'])}"
+        + (f"; the ensemble (mean of the members' softmax) of {len(members)} members." if members else "."),
         "",
+        *(["| member | test accuracy | test loss | top-5 |", "| ---: | ---: | ---: | ---: |"]
+          + [f"| {j + 1} | {_pct(m['test_accuracy'])} | {m['test_loss']:.4f} | {_pct(m['test_top5_accuracy'])} |"
+             for j, m in enumerate(members)] + [""] if members else []),
         fig(artifacts / "confusion_test_coarse.png", "coarse confusion matrix"), "",
         fig(artifacts / "confusion_test.png", "fine confusion matrix"),
         "",
@@ -176,6 +208,7 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         "| stage | seconds | cached |",
         "| --- | ---: | --- |",
         *[f"| {s} | {r['seconds']:.0f} | {'yes' if r.get('cached') else 'no'} |" for s, r in records.items()],
+        f"| all stages | {sum(r['seconds'] for r in records.values()):.0f} | |",
         "",
     ]
     path = report_dir / "REPORT.md"

@@ -84,7 +84,8 @@ def guarded(step: TrainStep) -> Callable:
 
 
 def make_eval_step(*, precision: str = "fp32", device_type: str = "cpu") -> Callable:
-    """``eval_step(params, state, x, y) -> (loss_sum, correct, top5_correct, predictions)`` in eval mode."""
+    """``eval_step(params, state, x, y) -> (loss_sum, correct, top5_correct, predictions, probabilities)`` in
+    eval mode (the softmax probabilities are what an ensemble averages)."""
 
     def eval_step(params, state, x, y):
         if precision == "fp64":
@@ -95,6 +96,6 @@ def make_eval_step(*, precision: str = "fp32", device_type: str = "cpu") -> Call
         loss_sum = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         pred = top5[..., 0]
-        return loss_sum, (pred == y).sum(), (top5 == y[..., None]).any(dim=-1).sum(), pred
+        return loss_sum, (pred == y).sum(), (top5 == y[..., None]).any(dim=-1).sum(), pred, logits.softmax(dim=-1)
 
     return eval_step

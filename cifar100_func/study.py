@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from . import cli, evaluate, grid_search, lr_finder, overfit, sanity, train
 from .backend import resolve_device
-from .config import Config
+from .config import Config, changed_keys
 from .errors import CheckpointError
 from .io import atomic_write_json, ensure_dir
 
@@ -31,7 +31,7 @@ DEPENDS: dict[str, list[str]] = {
     "lr_finder": COMMON + ["augment", "model", "train.optimizer", "train.label_smoothing", "lr_finder"],
     "grid_search": COMMON + ["augment", "train.optimizer", "train.scheduler", "train.label_smoothing", "hparams",
                              "grid"],
-    "final": COMMON + ["augment", "model", "train", "study.final_from", "study.final_epochs"],
+    "final": COMMON + ["augment", "model", "train", "study.final_from", "study.final_epochs", "study.final_seeds"],
     "evaluate": COMMON,
 }
 USES = {"final": ["grid_search"], "evaluate": ["final"]}  # outputs a stage reads from an earlier one
@@ -119,18 +119,6 @@ def final_config(cfg: Config, runs: Path) -> Config:
                                  optimizer=replace(tc.optimizer, lr=best["lr"], weight_decay=best["weight_decay"])))
 
 
-def changed_keys(before: Config, after: Config) -> list[str]:
-    """``dotted.key=value`` for every value ``after`` changes (what the report says of the final run)."""
-    def flat(d: dict, prefix: str = "") -> dict:
-        out: dict = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(before.to_dict()), flat(after.to_dict())
-    return [f"{k}={b[k]}" for k in b if a.get(k) != b[k]]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.base_parser("cifar100_func.study", "Run the whole study (sanity, overfit, LR finder, grid, final, test).")
     p.add_argument("--force", action="append", default=[], choices=STAGES, help="redo a stage (repeatable)")
@@ -160,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def final() -> None:
         final_cfg = final_config(cfg, runs)
         interrupted = (runs / "final" / "last.ckpt").is_file() and not study.marker("final").is_file()
-        where = dict(device=args.device, data_root=args.data_root, run_name="final")
+        where = dict(device=args.device, data_root=args.data_root, run_name="final", members=cfg.study.final_seeds)
         if interrupted and "final" not in study.force:
             try:
                 train.run(final_cfg, resume=True, **where)

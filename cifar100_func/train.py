@@ -14,7 +14,7 @@ from . import cli
 from .backend import Backend, resolve_device
 from .config import Config, save_snapshot
 from .data import load_dataset
-from .errors import OutputError
+from .errors import ConfigError, OutputError
 from .io import ensure_dir
 from .trainer import FitResult, RunFiles, fit
 
@@ -24,12 +24,17 @@ def parser():
     p.add_argument("--run-name", default="train", help="folder under paths.runs_dir (default: train)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last.ckpt")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same name and best.ckpt")
+    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="train N seeds as one stack (vmap) and keep them as an ensemble (default 1: one model)")
     return p
 
 
 def run(cfg: Config, *, device: str = "auto", data_root: str | None = None, run_name: str = "train",
-        resume: bool = False, overwrite: bool = False) -> FitResult:
-    """The ``train`` command on a :class:`Config` (the study's final stage calls it with the grid's winner)."""
+        resume: bool = False, overwrite: bool = False, members: int = 1) -> FitResult:
+    """The ``train`` command on a :class:`Config` (the study's final stage calls it with the grid's winner);
+    ``members`` > 1 trains a seed ensemble as one stack."""
+    if members < 1:
+        raise ConfigError(f"--ensemble {members}: must be at least 1")
     run_dir = Path(cfg.paths.runs_dir) / run_name
     files = RunFiles(run_dir, Path(cfg.paths.artifacts_dir) / "best.ckpt", run_dir / "last.ckpt")
     assert files.last_ckpt is not None and files.best_ckpt is not None
@@ -50,8 +55,10 @@ def run(cfg: Config, *, device: str = "auto", data_root: str | None = None, run_
     tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
     print(f"{tag}: train {len(data.train)}, val {len(data.val)} | blocks {list(cfg.model.blocks)}, mid "
           f"{cfg.model.bottleneck_mid}, {cfg.train.optimizer.name} lr {cfg.train.optimizer.lr}, wd "
-          f"{cfg.train.optimizer.weight_decay}, {cfg.train.epochs} epochs\nbackend: {backend.header()}", flush=True)
-    result = fit(cfg, data.to(dev), backend, files, resume=resume, run_name=run_name)
+          f"{cfg.train.optimizer.weight_decay}, {cfg.train.epochs} epochs"
+          + (f", an ensemble of {members} seeds stacked" if members > 1 else "")
+          + f"\nbackend: {backend.header()}", flush=True)
+    result = fit(cfg, data.to(dev), backend, files, resume=resume, run_name=run_name, members=members)
     print(f"best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; checkpoint {files.best_ckpt}; "
           f"curves and metrics in {run_dir}")
     return result
@@ -60,7 +67,7 @@ def run(cfg: Config, *, device: str = "auto", data_root: str | None = None, run_
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     run(cli.load(args), device=args.device, data_root=args.data_root, run_name=args.run_name, resume=args.resume,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, members=args.ensemble)
     return 0
 
 

@@ -24,7 +24,7 @@ from .hparams import Hyper
 from .interop import from_state_dict
 from .io import atomic_write_text
 from .loader import Pipeline, steps_per_epoch
-from .loop import Check, EpochEnd, Hooks, Plan, Start, train
+from .loop import Check, EpochEnd, Hooks, Plan, Start, stack_trees, train
 from .optim import make_optimizer
 from .schedules import make_schedule, momentum_table, schedule_table
 from .step import cast_tree
@@ -85,26 +85,50 @@ def _resume_mismatch(saved: dict, current: dict, prefix: str = "") -> str | None
     return None
 
 
-def _load_start(path: Path, cfg: Config, data: Dataset, precision: str) -> tuple[Start, float, int]:
+def _load_start(path: Path, cfg: Config, data: Dataset, precision: str, members: int) -> tuple[Start, float, int]:
     ckpt = load_file(path)
     why = _resume_mismatch(ckpt.get("config", {}), cfg.to_dict())
     if why:
         raise CheckpointError(f"cannot --resume {path}: the config changed ({why})")
-    params, state = from_state_dict(ckpt["state_dict"], arch_from(cfg, data.num_classes))
-    params, state = cast_tree(params, precision), cast_tree(state, precision)
-    template = make_optimizer(cfg.train.optimizer).init(params)
+    sds = ckpt.get("ensemble") or [ckpt["state_dict"]]
+    if len(sds) != members:
+        raise CheckpointError(f"cannot --resume {path}: it holds {len(sds)} model(s), this run trains {members}")
+    arch = arch_from(cfg, data.num_classes)
+    models = [tuple(cast_tree(t, precision) for t in from_state_dict(sd, arch)) for sd in sds]
+    opt = make_optimizer(cfg.train.optimizer)
+    template = [opt.init(p) for p, _ in models]
+    params, state, template = ((models[0][0], models[0][1], template[0]) if members == 1 else
+                               (stack_trees([p for p, _ in models]), stack_trees([s for _, s in models]),
+                                stack_trees(template)))
     leaves = ckpt.get("opt_state")
     if not isinstance(leaves, list) or len(leaves) != len(tree_leaves(template)):
         raise CheckpointError(f"cannot --resume {path}: its optimiser state does not fit {cfg.train.optimizer.name}")
     opt_state = tree_unflatten(leaves, tree_structure(template))
     steps = steps_per_epoch(len(data.train), cfg.train.batch_size)
-    start = Start(params, state, opt_state, ckpt["epoch"] * steps, [list(ckpt["metrics"])])
+    history = list(ckpt["metrics"])
+    per_model = [history] if members == 1 else [[rec["members"][j] for rec in history] for j in range(members)]
+    start = Start(params, state, opt_state, ckpt["epoch"] * steps, per_model)
     return start, ckpt["best_val_acc"], ckpt["best_epoch"]
 
 
+def _ensemble_record(end: EpochEnd) -> dict:
+    """An ensemble's epoch: its validation metrics (the mean of the members' softmax), the members' mean training
+    metrics, and every member's own record under ``"members"``."""
+    recs, e = end.records, end.ensemble or {}
+    mean = lambda key: float(np.mean([r[key] for r in recs]))  # noqa: E731
+    return {"epoch": recs[0]["epoch"], "train_loss": mean("train_loss"), "train_acc": mean("train_acc"),
+            "val_loss": e["loss"], "val_acc": e["acc"], "val_top5_acc": e["top5_acc"],
+            "members_val_acc": mean("val_acc"), "lr": recs[0]["lr"], "diverged": any(r["diverged"] for r in recs),
+            **{k: recs[0][k] for k in ("seconds", "train_seconds", "engine")},
+            "images_per_sec": recs[0]["images_per_sec"] * len(recs), "members": recs}
+
+
 def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = None, *, resume: bool = False,
-        run_name: str = "train", progress: bool | None = None, log: Callable[[str], None] = print) -> FitResult:
-    """Train one model of ``cfg`` on ``data`` (already on the backend's device) for ``cfg.train.epochs`` epochs."""
+        run_name: str = "train", members: int = 1, progress: bool | None = None,
+        log: Callable[[str], None] = print) -> FitResult:
+    """Train one model of ``cfg`` on ``data`` (already on the backend's device) for ``cfg.train.epochs`` epochs;
+    with ``members`` > 1 a seed ensemble (seeds ``train.seed + j``, each its own batch order and augmentation) as
+    one stack, validated, checkpointed and selected as the ensemble (mean of the members' softmax)."""
     files = files or RunFiles()
     tc = cfg.train
     arch = arch_from(cfg, data.num_classes)
@@ -116,14 +140,17 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
     best = {"acc": -1.0, "epoch": 0}
     start = None
     if resume and files.last_ckpt is not None and files.last_ckpt.is_file():
-        start, best["acc"], best["epoch"] = _load_start(files.last_ckpt, cfg, data, backend.precision)
+        start, best["acc"], best["epoch"] = _load_start(files.last_ckpt, cfg, data, backend.precision, members)
         log(f"resuming {run_name} after epoch {start.step // steps} (best val acc {best['acc']:.4f} at epoch "
             f"{best['epoch']})")
+        ensemble_history = [] if members == 1 else list(load_file(files.last_ckpt)["metrics"])
         if files.run_dir is not None:
-            _write_metrics(files.run_dir, start.metrics[0])
+            _write_metrics(files.run_dir, start.metrics[0] if members == 1 else ensemble_history)
+    else:
+        ensemble_history = []
 
     def check(c: Check) -> None:
-        bad = np.flatnonzero(~np.isfinite(c.losses[:, 0]))
+        bad = np.flatnonzero(~np.isfinite(c.losses).all(axis=1))
         if len(bad) == 0:
             return None
         g = c.first_step + int(bad[0])
@@ -131,21 +158,28 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
                 if files.best_ckpt is not None and best["epoch"] else "no checkpoint was written")
         raise TrainingDiverged(
             f"training diverged at epoch {g // steps + 1}, step {g % steps + 1} (global step {g + 1}, lr "
-            f"{hyper.lr * float(factors[g]):.3g}): loss is {c.losses[bad[0], 0]}; {kept}; try a smaller "
+            f"{hyper.lr * float(factors[g]):.3g}): loss is {c.losses[bad[0]].tolist()}; {kept}; try a smaller "
             "train.optimizer.lr")
 
     def on_epoch(end: EpochEnd) -> None:
-        rec = end.records[0]
+        rec = end.records[0] if members == 1 else _ensemble_record(end)
         rec["dataset"] = label
         improved = rec["val_acc"] > best["acc"]
         if improved:
             best["acc"], best["epoch"] = rec["val_acc"], end.epoch
         log(f"[{label}] epoch {end.epoch}/{tc.epochs}  train loss {rec['train_loss']:.4f} acc "
             f"{rec['train_acc']:.4f} | val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.4f} | "
-            f"{rec['seconds']:.1f}s, {rec['images_per_sec']:.0f} img/s" + ("  *best*" if improved else ""))
-        history = end.history[0]
+            f"{rec['seconds']:.1f}s, {rec['images_per_sec']:.0f} img/s"
+            + (f" | {members} members, mean val acc {rec['members_val_acc']:.4f}" if members > 1 else "")
+            + ("  *best*" if improved else ""))
+        if members == 1:
+            history = end.history[0]
+        else:
+            ensemble_history.append(rec)
+            history = ensemble_history
         common = dict(config=cfg.to_dict(), epoch=end.epoch, metrics=history, best_val_acc=best["acc"],
-                      best_epoch=best["epoch"], run_name=run_name, dataset=label)
+                      best_epoch=best["epoch"], run_name=run_name, dataset=label,
+                      members=members if members > 1 else 0)
         if improved and files.best_ckpt is not None:
             save_checkpoint(files.best_ckpt, end.params, end.state, **common)
         if files.last_ckpt is not None:
@@ -154,13 +188,14 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
             _write_metrics(files.run_dir, history)
             _write_curves(files.run_dir, history, run_name, data.synthetic)
 
-    plan = Plan(arch, [tc.seed], [hyper], tc.optimizer, tc.epochs, **sched)
+    plan = Plan(arch, [tc.seed + j for j in range(members)], [hyper] * members, tc.optimizer, tc.epochs, **sched,
+                shared_data=members == 1, ensemble=members > 1)
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
     res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
                 start=start, hooks=Hooks(50, check, on_epoch), desc=run_name,
                 progress=progress, log=log)
-    return FitResult(res.params, res.state, res.metrics[0], best["acc"], best["epoch"],
-                     res.step_losses[:, 0].tolist())
+    return FitResult(res.params, res.state, res.metrics[0] if members == 1 else ensemble_history, best["acc"],
+                     best["epoch"], res.step_losses.mean(dim=1).tolist())
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:

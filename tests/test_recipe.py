@@ -143,3 +143,18 @@ def test_label_smoothing_as_a_grid_axis_reaches_the_final_run(tmp_path):
             {"rank": 1, "lr": 0.01, "weight_decay": 0.0, "label_smoothing": 0.2, "blocks": [1, 1, 1], "mid": 4}]
     (tmp_path / "grid_search" / "results.json").write_text(json.dumps(rows))
     assert final_config(cfg, tmp_path).train.label_smoothing == 0.2
+
+
+def test_grid_ranks_on_a_subset_and_overfit_keeps_the_spec_optimiser():
+    from cifar100_func.config import load_config
+    from cifar100_func.grid_search import grid_data
+    from cifar100_func.overfit import overfit_config
+
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml")
+    assert grid_data(cfg).dataset.max_train == 5000 and cfg.dataset.max_train is None
+    assert grid_data(load_config(None, ["grid.max_train=300", "dataset.max_train=200"])).dataset.max_train == 200
+    o = overfit_config(cfg)
+    assert o.train.optimizer.name == "adam" and o.train.optimizer.lr == 0.001 and o.dataset.max_val == 1000
+    assert o.train.scheduler.name == "none"
