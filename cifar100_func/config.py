@@ -326,6 +326,7 @@ class PathsConfig:
     runs_dir: str = "runs"
     artifacts_dir: str = "artifacts"
     report_dir: str = "report"
+    tensorboard: bool = True  # event files under each command's folder (tb/); tensorboard --logdir <runs_dir>
 
     def validate(self) -> None:
         for key in ("runs_dir", "artifacts_dir", "report_dir"):

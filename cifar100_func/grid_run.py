@@ -34,7 +34,8 @@ from .data import Dataset
 from .hparams import Hyper
 from .io import atomic_write, atomic_write_json
 from .loader import Pipeline, steps_per_epoch
-from .loop import Plan, Start, init_trees, train, unstack
+from .events import Events
+from .loop import Hooks, Plan, Start, init_trees, train, unstack
 from .trainer import schedule_fields
 
 
@@ -120,12 +121,13 @@ class GridRun:
 
     def __init__(self, cfg: Config, data: Dataset, backend: Backend, stacks: list[Stack], records: Path | None,
                  force: bool = False, progress: bool | None = None, log: Callable[[str], None] = print,
-                 on_finish: Callable[[Stack, Any], None] | None = None):
+                 on_finish: Callable[[Stack, Any], None] | None = None, events: Path | None = None):
         """``on_finish(stack, loop result)`` runs when a stack has trained to the end, before its record is
         written (so a kept record means that it ran); the grid saves checkpoints there."""
         self.cfg, self.data, self.backend, self.stacks = cfg, data, backend, stacks
         self.records, self.force, self.progress, self.log = records, force, progress, log
         self.on_finish = on_finish
+        self.events = events  # TensorBoard: one folder per configuration, continued from rung to rung
         tc = cfg.train
         self.steps = steps_per_epoch(len(data.train), tc.batch_size)
         self.ends = rungs(cfg, self.steps)
@@ -166,8 +168,16 @@ class GridRun:
         desc = f"{where}: blocks {list(stack.arch.blocks)} mid {stack.arch.mid}"
         self.log(f"{desc}: {len(running)} models ({', '.join(m.name for m in running)}), steps {stack.step} -> {end}")
         t0 = time.perf_counter()
-        res = train(plan, self.data, self.backend, self.pipe, batch_size=tc.batch_size,
-                    eval_batch_size=tc.eval_batch_size, start=start, desc=desc, progress=self.progress, log=self.log)
+        writer = (None if self.events is None else
+                  Events([self.events / m.name for m in running], plan, self.steps, stack.step))
+        hooks = writer.hooks(Hooks()) if writer is not None else None
+        try:
+            res = train(plan, self.data, self.backend, self.pipe, batch_size=tc.batch_size,
+                        eval_batch_size=tc.eval_batch_size, start=start, hooks=hooks, desc=desc,
+                        progress=self.progress, log=self.log)
+        finally:
+            if writer is not None:
+                writer.close()
         self.log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.engine}; first step, with any compilation: "
                  f"{res.first_step_seconds:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
         val = [m[-1]["val_acc"] for m in res.metrics]  # the loop validates where a run stops: at the rung

@@ -31,6 +31,7 @@ from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
 from .backend import Backend
 from .grid_run import GridRun, Member, Stack
+from .events import write_hparams
 from .hparams import Hyper
 
 ONLY_KEYS = {
@@ -140,7 +141,8 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
                             grid_point=p.name, epoch=cfg.grid.epochs, metrics=res.metrics[pos])
 
     records = None if out_dir is None else out_dir / "stacks"
-    GridRun(cfg, data, backend, runs, records, force, progress, log, save_final).run()
+    events = out_dir / "tb" if out_dir is not None and cfg.paths.tensorboard else None
+    GridRun(cfg, data, backend, runs, records, force, progress, log, save_final, events).run()
     rows = []
     for stack, group in zip(runs, groups):
         params_count = model.count_params(model.init(stack.arch, torch.Generator().manual_seed(0))[0])
@@ -165,6 +167,13 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
         lines = [json.dumps({**{k: r[k] for k in keys}, **rec}) for r in rows for rec in r["history"]]
         atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in lines))
     _rank(rows)
+    if events is not None:
+        for r in rows:
+            write_hparams(events / r["config"],
+                          {"lr": r["lr"], "weight_decay": r["weight_decay"], "label_smoothing": r["label_smoothing"],
+                           "blocks": "-".join(map(str, r["blocks"])), "mid": r["mid"]},
+                          {"final_val_acc": r["final_val_acc"], "best_val_acc": r["best_val_acc"],
+                           "epochs": r["epochs"], "rank": r["rank"]})
     return rows
 
 

@@ -77,6 +77,8 @@ class Check:
     losses: np.ndarray
     epoch: int
     first_step: int
+    correct: list[int] = field(default_factory=list)  # per model, right answers in this epoch so far
+    seen: int = 0  # training images (per model) in this epoch so far
 
 
 @dataclass
@@ -283,7 +285,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
                 bar.set_postfix(models=k, epoch=f"{epoch + 1}/{plan.epochs}", img_s=f"{k * seen / done:.0f}",
                                 loss=f"{np.nanmean(host_losses[-hooks.check_every:]):.3f}")
                 if hooks.on_check is not None:
-                    stop_at = hooks.on_check(Check(host_losses, epoch, base))
+                    stop_at = hooks.on_check(Check(host_losses, epoch, base, correct.tolist(), seen))
                     if stop_at is not None:
                         break
             if last:

@@ -28,6 +28,7 @@ from .io import atomic_write_json, atomic_write_text
 from .backend import Backend
 from .hparams import Hyper
 from .loader import Pipeline, steps_per_epoch
+from .events import Events
 from .loop import Check, Hooks, Plan, train
 from .trainer import arch_from
 
@@ -87,8 +88,10 @@ def stop_rule(losses: np.ndarray, lrs: np.ndarray, smoothing: float, stop_factor
     return None
 
 
-def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None = None, log=print) -> dict:
-    """Run the range test; returns lrs, raw and smoothed losses (steps x seeds) and the suggestions."""
+def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None = None, log=print,
+            events: Path | None = None) -> dict:
+    """Run the range test; returns lrs, raw and smoothed losses (steps x seeds) and the suggestions. With
+    ``events``, TensorBoard event files there (one folder per seed; x axis: step, with ``train/lr`` beside)."""
     lf, tc = cfg.lr_finder, cfg.train
     n_steps = steps_per_epoch(len(data.train), tc.batch_size)
     if lf.max_steps is not None:
@@ -109,8 +112,14 @@ def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None 
         return None
 
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
-    res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
-                hooks=Hooks(CHECK_EVERY, check), desc="lr_finder", progress=progress, log=log)
+    hooks = Hooks(CHECK_EVERY, check)
+    writer = None if events is None else Events([events / f"seed{s}" for s in seeds], plan, n_steps)
+    try:
+        res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
+                    hooks=writer.hooks(hooks) if writer else hooks, desc="lr_finder", progress=progress, log=log)
+    finally:
+        if writer is not None:
+            writer.close()
     raw = res.step_losses.numpy()
     stop_reason = stopped.get("why", "reached the end of the schedule")
     smoothed = smooth(raw, lf.smoothing) if len(raw) else raw
@@ -152,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{run.tag}: lr {cfg.lr_finder.start:g} -> {cfg.lr_finder.end:g}, {cfg.lr_finder.seeds} seeds stacked, "
           f"{cfg.train.optimizer.name}, wd {cfg.train.optimizer.weight_decay:g}\nbackend: {run.backend.header()}",
           flush=True)
-    res = find_lr(cfg, data.to(device), run.backend)
+    res = find_lr(cfg, data.to(device), run.backend, events=out_dir / "tb" if cfg.paths.tensorboard else None)
     write_outputs(res, out_dir, data.synthetic)
     print(f"stopped: {res['stop_reason']} after {res['steps']} of {res['planned_steps']} steps")
     if "upper_bound_lr" in res:

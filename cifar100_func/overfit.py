@@ -16,7 +16,7 @@ from typing import Sequence
 from . import cli
 from .config import Config
 from .errors import UserError
-from .trainer import fit
+from .trainer import RunFiles, fit
 
 
 class OverfitFailed(UserError):
@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"lr {o.lr:g}, wd {o.weight_decay:g}, {o.epochs} epochs, augmentation {'on' if o.augment else 'off'}",
           flush=True)
     log_every = max(1, o.epochs // 10)
-    res = fit(cfg, data.to(device), run.backend, run_name="overfit",
+    files = RunFiles(events=out_dir / "tb" if cfg.paths.tensorboard else None)
+    res = fit(cfg, data.to(device), run.backend, files, run_name="overfit",
               log=lambda line: None if ("epoch" in line and not _show(line, log_every, o.epochs)) else print(line))
     from .io import atomic_write_json
     from .plots import overfit_figures

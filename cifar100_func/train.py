@@ -36,7 +36,8 @@ def run(cfg: Config, *, device: str = "auto", data_root: str | None = None, run_
     if members < 1:
         raise ConfigError(f"--ensemble {members}: must be at least 1")
     run_dir = Path(cfg.paths.runs_dir) / run_name
-    files = RunFiles(run_dir, Path(cfg.paths.artifacts_dir) / "best.ckpt", run_dir / "last.ckpt")
+    files = RunFiles(run_dir, Path(cfg.paths.artifacts_dir) / "best.ckpt", run_dir / "last.ckpt",
+                     run_dir / "tb" if cfg.paths.tensorboard else None)
     assert files.last_ckpt is not None and files.best_ckpt is not None
     if resume and not files.last_ckpt.is_file():
         raise OutputError(f"--resume: no {files.last_ckpt} to continue from (start without --resume)")

@@ -20,6 +20,7 @@ from .checkpoint import load_file, save_checkpoint
 from .config import Config
 from .data import Dataset
 from .errors import CheckpointError, TrainingDiverged
+from .events import Events
 from .hparams import Hyper
 from .interop import from_state_dict
 from .io import atomic_write_text
@@ -41,6 +42,7 @@ class RunFiles:
     run_dir: Path | None = None
     best_ckpt: Path | None = None
     last_ckpt: Path | None = None
+    events: Path | None = None  # TensorBoard folder (an ensemble: one subfolder per member)
 
 
 @dataclass
@@ -191,9 +193,18 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
     plan = Plan(arch, [tc.seed + j for j in range(members)], [hyper] * members, tc.optimizer, tc.epochs, **sched,
                 shared_data=members == 1, ensemble=members > 1)
     pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
-    res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
-                start=start, hooks=Hooks(50, check, on_epoch), desc=run_name,
-                progress=progress, log=log)
+    hooks = Hooks(50, check, on_epoch)
+    events = None
+    if files.events is not None:
+        dirs = [files.events] if members == 1 else [files.events / f"seed{s}" for s in plan.seeds]
+        events = Events(dirs, plan, steps, start.step if start else 0)
+        hooks = events.hooks(hooks)
+    try:
+        res = train(plan, data, backend, pipe, batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size,
+                    start=start, hooks=hooks, desc=run_name, progress=progress, log=log)
+    finally:
+        if events is not None:
+            events.close()
     return FitResult(res.params, res.state, res.metrics[0] if members == 1 else ensemble_history, best["acc"],
                      best["epoch"], res.step_losses.mean(dim=1).tolist())
 
