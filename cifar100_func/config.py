@@ -226,6 +226,22 @@ class HalvingConfig:
 
 
 @dataclass
+class RayConfig:
+    """``grid.engine: ray``: each stack of a rung is one Ray task (Ray Core), run in parallel where the cluster has
+    room; the driver keeps the records, ranks and prunes."""
+
+    address: Optional[str] = None  # null: start (or join) a local cluster; "auto" or "host:port": a running one
+    cpus_per_stack: int = 1  # a task's CPUs (and torch threads) when the cluster has no GPUs; else one GPU each
+    max_retries: int = 2  # Ray runs a stack again when its worker process died
+    data: Literal["object_store", "data_root"] = "object_store"  # how the data reaches the workers: once through
+    # Ray's object store, or read by each worker from the data root (shared storage on a multi-machine cluster)
+
+    def validate(self) -> None:
+        check_range("grid.ray.cpus_per_stack", self.cpus_per_stack, 1, 1024)
+        check_range("grid.ray.max_retries", self.max_retries, 0, 100)
+
+
+@dataclass
 class GridConfig:
     epochs: int = 5
     independent_seeds: bool = False
@@ -240,9 +256,12 @@ class GridConfig:
     # exhaustive: every configuration for grid.epochs; halving: successive halving across all stacks
     schedule: Literal["exhaustive", "halving"] = "exhaustive"
     halving: HalvingConfig = field(default_factory=HalvingConfig)
+    engine: Literal["local", "ray"] = "local"  # local: stacks one after another in this process
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def validate(self) -> None:
         check_range("grid.epochs", self.epochs, 1, 100000)
+        self.ray.validate()
         if self.max_train is not None:
             check_positive("grid.max_train", self.max_train)
         self.halving.validate()

@@ -1,7 +1,8 @@
 """How the grid trains: stacks of configurations through the one loop, rung by rung, with per-stack records.
 
-Configurations that share an architecture train as one stack (a :class:`.loop.Plan`); stacks run one after
-another. Training is cut at *rungs* (global steps): ``grid.schedule: exhaustive`` has one rung, the end;
+Configurations that share an architecture train as one stack (a :class:`.loop.Plan`); an engine runs the stacks
+of a rung: :class:`LocalEngine` one after another in this process, :class:`.ray_engine.RayEngine` in parallel as Ray
+tasks (a :class:`RungJob` holds all a stack's rung needs; :func:`train_rung` trains it anywhere). Training is cut at *rungs* (global steps): ``grid.schedule: exhaustive`` has one rung, the end;
 ``halving`` has rungs at ``min_epochs * eta**r`` epochs, and at each rung every running configuration, across all
 stacks, is ranked by its validation accuracy on the whole validation split and the best 1/eta go on; the others
 leave their stack (params, BN state, optimiser state, hyper-parameters and seeds are sliced to the survivors, so
@@ -22,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils._pytree import tree_leaves, tree_map, tree_structure, tree_unflatten
@@ -102,7 +103,8 @@ def _key(cfg: Config, stack: Stack, rung: int, ends: list[int]) -> str:
         d.pop(volatile, None)
     d["dataset"].pop("root", None)
     d["dataset"].pop("download", None)
-    d["grid"].pop("compile", None)
+    for how in ("compile", "engine", "ray"):  # how a stack runs, not what it computes
+        d["grid"].pop(how, None)
     d["train"].pop("compile", None)
     d["train"].pop("compile_mode", None)
     payload = {"config": d, "stack": [m.name for m in stack.members], "rung": rung, "ends": ends[: rung + 1]}
@@ -116,83 +118,145 @@ def _slice(trees: Any, keep: list[int], stacked_after: bool) -> Any:
     return out if stacked_after else unstack(out, 0)
 
 
+@dataclass
+class RungJob:
+    """What training one stack up to one rung needs, and nothing tied to the driver's process: an engine may run
+    it here or ship it to another process or machine (:mod:`.ray_engine`)."""
+
+    cfg: Config
+    index: int  # the stack's (1-based)
+    arch: model.Arch
+    members: list[Member]  # the running ones
+    running: list[int]  # their indices in the stack
+    step: int  # where the stack is
+    end: int  # the rung's global step
+    rung: int  # 0-based
+    n_rungs: int
+    key: str  # the record's key
+    trees: Any = None  # (params, state, opt_state, active) when step > 0
+    events: list[Path] | None = None  # TensorBoard folders, one per running member
+
+    @property
+    def where(self) -> str:
+        return f"stack {self.index}" + (f", rung {self.rung + 1}/{self.n_rungs}" if self.n_rungs > 1 else "")
+
+
+@dataclass
+class RungOutcome:
+    record: dict  # what the stack's record file holds (metrics, losses, validation accuracy at the rung)
+    trees: Any  # (params, state, opt_state, active) after the rung
+
+
+def train_rung(job: RungJob, data: Dataset, backend: Backend, progress: bool | None = None,
+               log: Callable[[str], None] = print) -> RungOutcome:
+    """Train one stack from ``job.step`` to ``job.end`` through the one loop (data on the backend's device)."""
+    cfg, tc = job.cfg, job.cfg.train
+    steps = steps_per_epoch(len(data.train), tc.batch_size)
+    plan = Plan(job.arch, [m.seed for m in job.members], [m.hyper for m in job.members], tc.optimizer,
+                cfg.grid.epochs, **schedule_fields(cfg, steps, cfg.grid.epochs),
+                shared_data=not cfg.grid.independent_seeds, guard=True, compile=cfg.grid.compile, max_steps=job.end)
+    start = None
+    if job.step > 0:
+        p, s, o, active = (tree_map(lambda t: t.to(backend.device), tr) for tr in job.trees)
+        start = Start(p, s, o, job.step, [[] for _ in job.members], active)
+    desc = f"{job.where}: blocks {list(job.arch.blocks)} mid {job.arch.mid}"
+    log(f"{desc}: {len(job.members)} models ({', '.join(m.name for m in job.members)}), steps {job.step} -> "
+        f"{job.end}")
+    t0 = time.perf_counter()
+    writer = None if job.events is None else Events(job.events, plan, steps, job.step)
+    hooks = writer.hooks(Hooks()) if writer is not None else None
+    try:
+        res = train(plan, data, backend, Pipeline.create(cfg.preprocess, cfg.augment, backend.device),
+                    batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, start=start, hooks=hooks, desc=desc,
+                    progress=progress, log=log)
+    finally:
+        if writer is not None:
+            writer.close()
+    log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.engine}; first step, with any compilation: "
+        f"{res.first_step_seconds:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
+    val = [m[-1]["val_acc"] for m in res.metrics]  # the loop validates where a run stops: at the rung
+    rec = {"key": job.key, "rung": job.rung, "end": job.end, "running": job.running, "metrics": res.metrics,
+           "step_losses": res.step_losses.T.tolist(), "val_acc": val, "diverged_at": res.diverged_at,
+           "rate": res.model_images_per_sec}
+    return RungOutcome(rec, (res.params, res.state, res.opt_state, res.active))
+
+
+def member_trees(trees: Any, pos: int, n: int) -> tuple[Any, Any]:
+    """(params, BN state) of the ``pos``-th of ``n`` running members from a stack's trees."""
+    params, state = trees[0], trees[1]
+    return (unstack(params, pos), unstack(state, pos)) if n > 1 else (params, state)
+
+
+class LocalEngine:
+    """Stacks one after another in this process, on the backend's device."""
+
+    def __init__(self, data: Dataset, backend: Backend, progress: bool | None, log: Callable[[str], None]):
+        self.data, self.backend, self.progress, self.log = data, backend, progress, log
+
+    def run(self, jobs: list[RungJob]) -> Iterator[tuple[RungJob, RungOutcome]]:
+        for job in jobs:
+            yield job, train_rung(job, self.data, self.backend, self.progress, self.log)
+
+
 class GridRun:
-    """Trains the stacks of a grid rung by rung; see the module docstring."""
+    """Trains the stacks of a grid rung by rung; see the module docstring. ``engine`` runs a rung's stacks (one
+    after another here, or in parallel elsewhere); this object keeps the records, ranks and prunes."""
 
     def __init__(self, cfg: Config, data: Dataset, backend: Backend, stacks: list[Stack], records: Path | None,
                  force: bool = False, progress: bool | None = None, log: Callable[[str], None] = print,
-                 on_finish: Callable[[Stack, Any], None] | None = None, events: Path | None = None):
-        """``on_finish(stack, loop result)`` runs when a stack has trained to the end, before its record is
-        written (so a kept record means that it ran); the grid saves checkpoints there."""
+                 on_finish: Callable[[Stack, Any], None] | None = None, events: Path | None = None,
+                 engine: Any = None):
+        """``on_finish(stack, trees)`` runs when a stack has trained to the end (its metrics complete), before its
+        record is written (so a kept record means that it ran); the grid saves checkpoints there."""
         self.cfg, self.data, self.backend, self.stacks = cfg, data, backend, stacks
-        self.records, self.force, self.progress, self.log = records, force, progress, log
+        self.records, self.force, self.log = records, force, log
         self.on_finish = on_finish
         self.events = events  # TensorBoard: one folder per configuration, continued from rung to rung
-        tc = cfg.train
-        self.steps = steps_per_epoch(len(data.train), tc.batch_size)
+        self.steps = steps_per_epoch(len(data.train), cfg.train.batch_size)
         self.ends = rungs(cfg, self.steps)
-        self.schedule = schedule_fields(cfg, self.steps, cfg.grid.epochs)
-        self.pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
+        self.engine = engine or LocalEngine(data, backend, progress, log)
 
     def run(self) -> list[Stack]:
         for r, end in enumerate(self.ends):
-            for stack in self.stacks:
-                if stack.running:
-                    self._reach(stack, r, end)
+            jobs = [job for stack in self.stacks if stack.running and (job := self._job(stack, r, end))]
+            by_index = {stack.index: stack for stack in self.stacks}
+            for job, out in self.engine.run(jobs):
+                self._finish(by_index[job.index], job, out)
             if r < len(self.ends) - 1:
                 self._prune(r)
         return self.stacks
 
     # ---------------------------------------------------------------------------------------------- a rung
-    def _reach(self, stack: Stack, r: int, end: int) -> None:
-        """Train ``stack`` from its step to ``end`` (or keep the record of an earlier run that did)."""
+    def _job(self, stack: Stack, r: int, end: int) -> RungJob | None:
+        """What training ``stack`` to ``end`` needs, or None when an earlier run's record is kept."""
         key = _key(self.cfg, stack, r, self.ends)
-        where = f"stack {stack.index}" + (f", rung {r + 1}/{len(self.ends)}" if len(self.ends) > 1 else "")
+        job = RungJob(self.cfg, stack.index, stack.arch, [stack.members[i] for i in stack.running],
+                      list(stack.running), stack.step, end, r, len(self.ends), key)
         rec = self._read(stack, r, key)
         if rec is not None:
-            self.log(f"{where}: done earlier, kept")
+            self.log(f"{job.where}: done earlier, kept")
             self._apply(stack, rec)
             stack.trees = None  # on disk, read when the next rung needs them
-            return
+            return None
         if stack.trees is None and stack.step > 0:
             stack.trees = self._read_trees(stack, r - 1)
-        running = [stack.members[i] for i in stack.running]
-        tc = self.cfg.train
-        plan = Plan(stack.arch, [m.seed for m in running], [m.hyper for m in running], tc.optimizer,
-                    self.cfg.grid.epochs, **self.schedule, shared_data=not self.cfg.grid.independent_seeds, guard=True,
-                    compile=self.cfg.grid.compile, max_steps=end)
-        start = None
-        if stack.step > 0:
-            p, s, o, active = stack.trees
-            start = Start(p, s, o, stack.step, [[] for _ in running], active)
-        desc = f"{where}: blocks {list(stack.arch.blocks)} mid {stack.arch.mid}"
-        self.log(f"{desc}: {len(running)} models ({', '.join(m.name for m in running)}), steps {stack.step} -> {end}")
-        t0 = time.perf_counter()
-        writer = (None if self.events is None else
-                  Events([self.events / m.name for m in running], plan, self.steps, stack.step))
-        hooks = writer.hooks(Hooks()) if writer is not None else None
-        try:
-            res = train(plan, self.data, self.backend, self.pipe, batch_size=tc.batch_size,
-                        eval_batch_size=tc.eval_batch_size, start=start, hooks=hooks, desc=desc,
-                        progress=self.progress, log=self.log)
-        finally:
-            if writer is not None:
-                writer.close()
-        self.log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.engine}; first step, with any compilation: "
-                 f"{res.first_step_seconds:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
-        val = [m[-1]["val_acc"] for m in res.metrics]  # the loop validates where a run stops: at the rung
-        rec = {"key": key, "rung": r, "end": end, "running": stack.running, "metrics": res.metrics,
-               "step_losses": res.step_losses.T.tolist(), "val_acc": val,
-               "diverged_at": res.diverged_at, "rate": res.model_images_per_sec}
-        stack.trees = (res.params, res.state, res.opt_state, res.active)
+        job.trees = stack.trees
+        if self.events is not None:
+            job.events = [self.events / m.name for m in job.members]
+        return job
+
+    def _finish(self, stack: Stack, job: RungJob, out: RungOutcome) -> None:
+        """Keep a stack's rung: its trees, the checkpoints of a finished stack, its record (atomically)."""
+        r = job.rung
+        stack.trees = out.trees
+        self._apply(stack, out.record)
         if r == len(self.ends) - 1 and self.on_finish is not None:
-            self.on_finish(stack, res)
+            self.on_finish(stack, out.trees)
         if self.records is not None:
             if r < len(self.ends) - 1:
-                leaves = [t.detach().cpu() for t in tree_leaves(stack.trees)]
+                leaves = [t.detach().cpu() for t in tree_leaves(out.trees)]
                 atomic_write(self._path(stack, r, ".pt"), lambda f: torch.save(leaves, f))
-            atomic_write_json(self._path(stack, r, ".json"), rec)
-        self._apply(stack, rec)
+            atomic_write_json(self._path(stack, r, ".json"), out.record)
 
     def _apply(self, stack: Stack, rec: dict) -> None:
         for pos, i in enumerate(rec["running"]):
@@ -242,7 +306,7 @@ class GridRun:
         were = rec["running"]
         members = [stack.members[i] for i in were]
         template_plan = Plan(stack.arch, [m.seed for m in members], [m.hyper for m in members],
-                             self.cfg.train.optimizer, 1, self.schedule["lr_factor"])
+                             self.cfg.train.optimizer, 1, torch.ones(1))
         p, s, o = init_trees(template_plan, self.backend.precision, torch.device("cpu"))
         active = torch.ones(len(were) if len(were) > 1 else (), dtype=torch.bool)
         spec = tree_structure((p, s, o, active))
@@ -251,4 +315,4 @@ class GridRun:
         stay = [pos for pos, i in enumerate(were) if i in stack.running]
         if len(stay) < len(were):
             trees = _slice(trees, stay, len(stay) > 1)
-        return tree_map(lambda t: t.to(self.backend.device), trees)
+        return trees

@@ -30,7 +30,7 @@ from .data import Dataset
 from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text
 from .backend import Backend
-from .grid_run import GridRun, Member, Stack
+from .grid_run import GridRun, Member, Stack, member_trees
 from .events import write_hparams
 from .hparams import Hyper
 
@@ -123,26 +123,32 @@ def member_seed(cfg: Config, point: GridPoint) -> int:
 
 
 def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoint], out_dir: Path | None,
-             progress: bool | None = None, log=print, force: bool = False) -> list[dict]:
-    """Train every point, stack by stack and rung by rung (:mod:`.grid_run`); one summary row per point (its
-    metrics in ``row["history"]``). With ``out_dir``, per-stack records there let a new run keep finished work."""
+             progress: bool | None = None, log=print, force: bool = False, data_root: str | None = None) -> list[dict]:
+    """Train every point, stack by stack and rung by rung (:mod:`.grid_run`), on ``grid.engine`` (this process, or
+    Ray: :mod:`.ray_engine`); one summary row per point (its metrics in ``row["history"]``). With ``out_dir``,
+    per-stack records there let a new run keep finished work."""
     groups = stacks(points, cfg.grid.max_stack)
     runs = [Stack(n, model.Arch(g[0].blocks, g[0].mid, data.num_classes),
                   [Member(p.name, p.hyper(cfg), member_seed(cfg, p)) for p in g],
                   list(range(len(g)))) for n, g in enumerate(groups, start=1)]
 
-    def save_final(stack: Stack, res) -> None:
+    def save_final(stack: Stack, trees) -> None:
         if out_dir is None or not cfg.grid.save_checkpoints:
             return
         for pos, i in enumerate(stack.running):
-            params, state = res.model(pos)
+            params, state = member_trees(trees, pos, len(stack.running))
             p = groups[stack.index - 1][i]
             save_checkpoint(out_dir / "ckpt" / f"{p.name}.ckpt", params, state, config=cfg.to_dict(),
-                            grid_point=p.name, epoch=cfg.grid.epochs, metrics=res.metrics[pos])
+                            grid_point=p.name, epoch=cfg.grid.epochs, metrics=stack.metrics[i])
 
     records = None if out_dir is None else out_dir / "stacks"
     events = out_dir / "tb" if out_dir is not None and cfg.paths.tensorboard else None
-    GridRun(cfg, data, backend, runs, records, force, progress, log, save_final, events).run()
+    engine = None
+    if cfg.grid.engine == "ray":
+        from .ray_engine import RayEngine
+
+        engine = RayEngine(cfg, data, data_root, log)
+    GridRun(cfg, data, backend, runs, records, force, progress, log, save_final, events, engine).run()
     rows = []
     for stack, group in zip(runs, groups):
         params_count = model.count_params(model.init(stack.arch, torch.Generator().manual_seed(0))[0])
@@ -226,7 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run a subset, e.g. --only model.blocks=[3,3,3] (repeatable; all must match)")
     p.add_argument("--force", action="store_true", help="train every stack again (ignore the per-stack records)")
+    p.add_argument("--engine", choices=["local", "ray"], default=None, help="grid.engine: where the stacks train")
+    p.add_argument("--address", default=None, help="grid.ray.address: a running Ray cluster (auto or host:port)")
     args = p.parse_args(argv)
+    if args.engine:
+        args.overrides.append(f"grid.engine={args.engine}")
+    if args.address:
+        args.overrides.append(f"grid.ray.address={args.address}")
     points = select(expand(cli.load(args)), parse_only(args.only))  # a bad filter fails before any work
     run = cli.prepare(args, "grid_search", adjust=grid_data)
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
@@ -235,7 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{'independent' if cfg.grid.independent_seeds else 'shared'} seeds\n"
           f"backend: {run.backend.header()}", flush=True)
     t0 = time.perf_counter()
-    rows = run_grid(cfg, data.to(device), run.backend, points, out_dir, force=args.force)
+    if cfg.grid.engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()  # before any data reaches the device
+    rows = run_grid(cfg, data.to(device), run.backend, points, out_dir, force=args.force, data_root=args.data_root)
     write_tables(rows, out_dir, data.synthetic)
     atomic_write_json(out_dir / "results.json", rows)
     from .plots import grid_curves, grid_heatmaps
