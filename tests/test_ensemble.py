@@ -102,7 +102,7 @@ def test_an_interrupted_ensemble_resumes_to_the_same_weights(run_cli, tiny_confi
     # stacked step on reloaded trees rounds differently in the last bits (the grid's resume tests allow the same)
     for j in range(2):
         for k, v in a["ensemble"][j].items():
-            torch.testing.assert_close(b["ensemble"][j][k], v, rtol=1e-6, atol=1e-9, msg=lambda m: f"{j} {k}: {m}")
+            torch.testing.assert_close(b["ensemble"][j][k], v, rtol=1e-6, atol=1e-7, msg=lambda m: f"{j} {k}: {m}")
     assert [m["val_acc"] for m in a["metrics"]] == [m["val_acc"] for m in b["metrics"]]
     code, _, err = run_cli("train", "--config", str(part), "--resume", "--set", "train.epochs=3")
     assert code != 0 and "holds 2 model(s), this run trains 1" in err
