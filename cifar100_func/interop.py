@@ -96,8 +96,10 @@ def arch_from_state_dict(sd: dict[str, torch.Tensor]) -> Arch:
     return Arch(blocks=tuple(blocks), mid=mid, num_classes=num_classes)  # type: ignore[arg-type]
 
 
-def from_state_dict(sd: dict[str, torch.Tensor], arch: Arch) -> tuple[Params, State]:
-    """Fill a fresh (params, state) of ``arch`` from a reference-layout state_dict.
+def from_state_dict(sd: dict[str, torch.Tensor], arch: Arch,
+                    dtype: torch.dtype | None = None) -> tuple[Params, State]:
+    """Fill a fresh (params, state) of ``arch`` from a reference-layout state_dict, floating-point tensors as
+    ``dtype`` (default float32, the model's; float64 keeps an fp64 run's checkpoint exact on ``--resume``).
 
     A missing or unexpected key, or a shape that does not fit ``arch``, is a ``CheckpointError`` that names
     the first mismatching key and the shapes.
@@ -122,7 +124,7 @@ def from_state_dict(sd: dict[str, torch.Tensor], arch: Arch) -> tuple[Params, St
                 f"state_dict does not fit the architecture blocks={list(arch.blocks)}, mid={arch.mid}: "
                 f"key {key!r} has shape {got}, expected {tuple(tree.shape)}"
             )
-        return value.detach().to(tree.dtype).clone()
+        return value.detach().to(dtype if dtype is not None and tree.is_floating_point() else tree.dtype).clone()
 
     params, state = fill(template_p, ""), fill(template_s, "")
     expected = set(to_state_dict(template_p, template_s))

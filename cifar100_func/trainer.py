@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from torch.utils._pytree import tree_leaves, tree_structure, tree_unflatten
 
 from . import model
@@ -96,7 +97,8 @@ def _load_start(path: Path, cfg: Config, data: Dataset, precision: str, members:
     if len(sds) != members:
         raise CheckpointError(f"cannot --resume {path}: it holds {len(sds)} model(s), this run trains {members}")
     arch = arch_from(cfg, data.num_classes)
-    models = [tuple(cast_tree(t, precision) for t in from_state_dict(sd, arch)) for sd in sds]
+    dtype = torch.float64 if precision == "fp64" else None  # an fp64 run's checkpoint holds float64: keep it
+    models = [tuple(cast_tree(t, precision) for t in from_state_dict(sd, arch, dtype)) for sd in sds]
     opt = make_optimizer(cfg.train.optimizer)
     template = [opt.init(p) for p, _ in models]
     params, state, template = ((models[0][0], models[0][1], template[0]) if members == 1 else
