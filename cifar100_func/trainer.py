@@ -88,7 +88,9 @@ def _resume_mismatch(saved: dict, current: dict, prefix: str = "") -> str | None
     return None
 
 
-def _load_start(path: Path, cfg: Config, data: Dataset, precision: str, members: int) -> tuple[Start, float, int]:
+def _load_start(path: Path, cfg: Config, data: Dataset, precision: str,
+                members: int) -> tuple[Start, float, int, list[dict]]:
+    """Where ``path`` left off: the loop's start, best val acc and epoch, and the run's own metrics history."""
     ckpt = load_file(path)
     why = _resume_mismatch(ckpt.get("config", {}), cfg.to_dict())
     if why:
@@ -112,7 +114,7 @@ def _load_start(path: Path, cfg: Config, data: Dataset, precision: str, members:
     history = list(ckpt["metrics"])
     per_model = [history] if members == 1 else [[rec["members"][j] for rec in history] for j in range(members)]
     start = Start(params, state, opt_state, ckpt["epoch"] * steps, per_model)
-    return start, ckpt["best_val_acc"], ckpt["best_epoch"]
+    return start, ckpt["best_val_acc"], ckpt["best_epoch"], history
 
 
 def _ensemble_record(end: EpochEnd) -> dict:
@@ -144,12 +146,13 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
     best = {"acc": -1.0, "epoch": 0}
     start = None
     if resume and files.last_ckpt is not None and files.last_ckpt.is_file():
-        start, best["acc"], best["epoch"] = _load_start(files.last_ckpt, cfg, data, backend.precision, members)
+        start, best["acc"], best["epoch"], history = _load_start(files.last_ckpt, cfg, data, backend.precision,
+                                                                 members)
         log(f"resuming {run_name} after epoch {start.step // steps} (best val acc {best['acc']:.4f} at epoch "
             f"{best['epoch']})")
-        ensemble_history = [] if members == 1 else list(load_file(files.last_ckpt)["metrics"])
+        ensemble_history = [] if members == 1 else history
         if files.run_dir is not None:
-            _write_metrics(files.run_dir, start.metrics[0] if members == 1 else ensemble_history)
+            _write_metrics(files.run_dir, history)
     else:
         ensemble_history = []
 
