@@ -12,25 +12,20 @@ in the last digits; the fp64 equality of the two engines is a test, ``tests/test
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_ensemble import run  # noqa: E402
+from benchmarks.commands import common as common_args, parser, run  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--data-root", default=None)
+    p = parser(__doc__, "runs/bench_engines")
     p.add_argument("--cpus-per-stack", type=int, default=1)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for both runs")
-    p.add_argument("--out", default="runs/bench_engines", help="folder for both runs' files")
     args = p.parse_args()
-    common = ["--config", args.config, *(["--data-root", args.data_root] if args.data_root else [])]
+    common = common_args(args)
     rows = []
     for engine in ("local", "ray"):
         sets = [*args.set, f"paths.runs_dir={Path(args.out) / engine}", f"grid.engine={engine}",

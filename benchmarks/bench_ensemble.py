@@ -12,32 +12,21 @@ member as fast as training the members one after another would.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-def run(cmd: list[str]) -> float:
-    """Run a command of the package (its output through), return its wall time in seconds."""
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "cifar100_func", *cmd], check=True)
-    return time.perf_counter() - t0
+from benchmarks.commands import common as common_args, parser, run  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--data-root", default=None)
+    p = parser(__doc__, "runs/bench_ensemble")
     p.add_argument("--members", type=int, default=4)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides for both runs")
-    p.add_argument("--out", default="runs/bench_ensemble", help="folder for both runs' files")
     args = p.parse_args()
     out = Path(args.out)
-    common = ["--config", args.config, *(["--data-root", args.data_root] if args.data_root else [])]
+    common = common_args(args)
     rows = []
     for n in (1, args.members):
         art = out / f"n{n}"

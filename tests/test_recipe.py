@@ -153,7 +153,7 @@ def test_grid_ranks_on_a_subset_and_overfit_keeps_the_spec_optimiser():
     from pathlib import Path
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "quick.yaml")
-    assert grid_data(cfg).dataset.max_train == 5000 and cfg.dataset.max_train is None
+    assert grid_data(cfg).dataset.max_train == 10000 and cfg.dataset.max_train is None
     assert grid_data(load_config(None, ["grid.max_train=300", "dataset.max_train=200"])).dataset.max_train == 200
     o = overfit_config(cfg)
     assert o.train.optimizer.name == "adam" and o.train.optimizer.lr == 0.001 and o.dataset.max_val == 1000
