@@ -52,21 +52,43 @@ def smooth(losses: np.ndarray, beta: float) -> np.ndarray:
     return out
 
 
+def steepest_descent(lrs: np.ndarray, curve: np.ndarray, lo: int, hi: int, decades: float = 1.0) -> tuple[int, float]:
+    """Where the smoothed loss falls fastest between points ``lo`` and ``hi`` (both included): the centre of the
+    window of ``decades`` of lr over which a least-squares line through the curve has the most negative slope;
+    returns (index, slope per decade). A pointwise derivative of a curve this noisy picks a spike of a few steps
+    (a short range test's first decade, where nothing trains yet, shows them); a line through a decade averages
+    them out. When the range is shorter than a window, the pointwise derivative is all there is."""
+    x = np.log10(lrs)
+    half, eps = decades / 2, 1e-9
+    centres = [i for i in range(lo, hi + 1) if x[i] - half >= x[lo] - eps and x[i] + half <= x[hi] + eps]
+    best, i_best = np.inf, hi
+    for i in centres:
+        sel = slice(int(np.searchsorted(x, x[i] - half - eps)), int(np.searchsorted(x, x[i] + half + eps)))
+        if sel.stop - sel.start >= 3:
+            slope = float(np.polyfit(x[sel], curve[sel], 1)[0])
+            if slope < best:
+                best, i_best = slope, i
+    if np.isfinite(best):
+        return i_best, best
+    if hi - lo >= 2:
+        slope = np.gradient(curve[lo : hi + 1], x[lo : hi + 1])
+        return lo + int(np.argmin(slope)), float(np.min(slope))
+    return hi, 0.0
+
+
 def suggestions(lrs: np.ndarray, curve: np.ndarray) -> dict:
     """Steepest descent of the smoothed loss vs log lr (before its minimum) and the lr of the minimum."""
     i_min = int(np.argmin(curve))
     lo = max(1, len(curve) // 10)  # the first points are dominated by the EMA warm-up
-    if i_min - lo >= 2:
-        slope = np.gradient(curve[lo : i_min + 1], np.log(lrs[lo : i_min + 1]))
-        i_steep = lo + int(np.argmin(slope))
-    else:
-        i_steep = i_min
+    i_steep, slope = steepest_descent(lrs, curve, lo, i_min) if i_min > lo else (i_min, 0.0)
     return {
         "steepest_descent_lr": float(lrs[i_steep]),
+        "steepest_slope_per_decade": slope,
         "upper_bound_lr": float(lrs[i_min]),
         "min_smoothed_loss": float(curve[i_min]),
-        "rule": "steepest: argmin d(smoothed loss)/d(log lr) before the minimum; upper bound: lr at the minimum "
-                "of the smoothed loss, where it starts to rise (an upper bound for training, not an optimum)",
+        "rule": "steepest: the centre of the one-decade window before the minimum over which a straight line "
+                "through the smoothed loss falls fastest; upper bound: lr at the minimum of the smoothed loss, "
+                "where it starts to rise (an upper bound for training, not an optimum)",
     }
 
 
@@ -145,8 +167,8 @@ def write_outputs(res: dict, out_dir: Path, synthetic: bool) -> None:
         w.writerow([i + 1, f"{lr:.6g}"] + [f"{v:.6f}" for v in res["losses"][i]] + [f"{v:.6f}" for v in sm]
                    + [f"{sm.mean():.6f}", f"{sm.min():.6f}", f"{sm.max():.6f}"])
     atomic_write_text(out_dir / "lr_finder.csv", buf.getvalue())
-    summary = {key: res[key] for key in ("steepest_descent_lr", "upper_bound_lr", "min_smoothed_loss", "rule")
-               if key in res}
+    summary = {key: res[key] for key in ("steepest_descent_lr", "steepest_slope_per_decade", "upper_bound_lr",
+                                         "min_smoothed_loss", "rule") if key in res}
     summary.update({"seeds": res["seeds"], "steps": res["steps"], "planned_steps": res["planned_steps"],
                     "stop_reason": res["stop_reason"], "dataset": "synthetic" if synthetic else "cifar100",
                     "num_seeds": k})

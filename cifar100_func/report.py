@@ -136,7 +136,9 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         "",
     ]
     if "upper_bound_lr" in lrf:
-        lines += [f"Steepest descent at lr **{lrf['steepest_descent_lr']:.3g}**; the loss bottoms out at lr "
+        slope = (f" (the smoothed loss falls {-lrf['steepest_slope_per_decade']:.3f} a decade there)"
+                 if "steepest_slope_per_decade" in lrf else "")
+        lines += [f"Steepest descent at lr **{lrf['steepest_descent_lr']:.3g}**{slope}; the loss bottoms out at lr "
                   f"**{lrf['upper_bound_lr']:.3g}**: an upper bound for training, not an optimum. Rule: {lrf['rule']}.",
                   ""]
     lines += [

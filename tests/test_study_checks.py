@@ -159,3 +159,23 @@ def test_stop_rule_equals_a_step_by_step_check(seed):
             assert got is not None and got[0] == want
         else:
             assert got is None
+
+
+def test_steepest_descent_ignores_a_spike_of_a_few_steps():
+    """A range test's curve: a flat, noisy start where nothing trains (with a two-step dip, as short tests show),
+    a straight descent of 0.5 a decade from lr 1e-3 to 1e-1, then a rise. The steepest descent is inside the
+    descent, at its slope; a pointwise derivative would pick the dip."""
+    lrs = lr_finder.lr_schedule(1e-7, 1.0, 300)
+    x = np.log10(lrs)
+    rng = np.random.default_rng(0)
+    curve = 4.6 + 0.005 * rng.standard_normal(len(x))
+    curve[(x > -3) & (x <= -1)] -= 0.5 * (x[(x > -3) & (x <= -1)] + 3)
+    curve[x > -1] = curve[x > -1] - 1.0 + 2.0 * (x[x > -1] + 1)
+    dip = int(np.searchsorted(x, -6.0))
+    curve[dip : dip + 2] -= 0.1
+    pointwise = np.gradient(curve[30:], x[30:])
+    assert abs(x[30 + int(np.argmin(pointwise))] + 6.0) < 0.1  # the dip fools a pointwise derivative
+    res = lr_finder.suggestions(lrs, curve)
+    assert -3 < np.log10(res["steepest_descent_lr"]) < -1
+    assert res["steepest_slope_per_decade"] == pytest.approx(-0.5, abs=0.02)
+    assert np.log10(res["upper_bound_lr"]) == pytest.approx(-1, abs=0.1)
