@@ -106,7 +106,8 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         f"BottleneckNet, blocks {list(cfg.model.blocks)}, bottleneck width {cfg.model.bottleneck_mid}: "
         f"{sanity['params']:,} parameters, {sanity['flops_per_image']['forward'] / 1e9:.3f} GFLOP forward and "
         f"{sanity['flops_per_image']['forward_backward'] / 1e9:.3f} GFLOP forward+backward per image "
-        "(`torch.utils.flop_counter`).",
+        "(`torch.utils.flop_counter`): the configured model, which the sanity checks measure; the grid trains "
+        "the architectures of section 6 and the final run the one of section 7.",
         "",
         "## 3. Baselines and initial loss",
         "",
