@@ -59,17 +59,12 @@ def steepest_descent(lrs: np.ndarray, curve: np.ndarray, lo: int, hi: int, decad
     (a short range test's first decade, where nothing trains yet, shows them); a line through a decade averages
     them out. When the range is shorter than a window, the pointwise derivative is all there is."""
     x = np.log10(lrs)
-    half, eps = decades / 2, 1e-9
-    centres = [i for i in range(lo, hi + 1) if x[i] - half >= x[lo] - eps and x[i] + half <= x[hi] + eps]
-    best, i_best = np.inf, hi
-    for i in centres:
-        sel = slice(int(np.searchsorted(x, x[i] - half - eps)), int(np.searchsorted(x, x[i] + half + eps)))
-        if sel.stop - sel.start >= 3:
-            slope = float(np.polyfit(x[sel], curve[sel], 1)[0])
-            if slope < best:
-                best, i_best = slope, i
-    if np.isfinite(best):
-        return i_best, best
+    width = 2 * int(decades / 2 / (x[1] - x[0])) + 1  # the lrs are geometric: equal steps of log lr
+    if hi - lo + 1 >= max(width, 3):
+        starts = range(lo, hi - width + 2)
+        slopes = [np.polyfit(x[s : s + width], curve[s : s + width], 1)[0] for s in starts]
+        k = int(np.argmin(slopes))
+        return starts[k] + width // 2, float(slopes[k])
     if hi - lo >= 2:
         slope = np.gradient(curve[lo : hi + 1], x[lo : hi + 1])
         return lo + int(np.argmin(slope)), float(np.min(slope))
