@@ -59,8 +59,8 @@ def steepest_descent(lrs: np.ndarray, curve: np.ndarray, lo: int, hi: int, decad
     (a short range test's first decade, where nothing trains yet, shows them); a line through a decade averages
     them out. When the range is shorter than a window, the pointwise derivative is all there is."""
     x = np.log10(lrs)
-    width = 2 * int(decades / 2 / (x[1] - x[0])) + 1  # the lrs are geometric: equal steps of log lr
-    if hi - lo + 1 >= max(width, 3):
+    width = max(3, 2 * int(decades / 2 / (x[1] - x[0])) + 1)  # the lrs are geometric: equal steps of log lr
+    if hi - lo + 1 >= width:
         starts = range(lo, hi - width + 2)
         slopes = [np.polyfit(x[s : s + width], curve[s : s + width], 1)[0] for s in starts]
         k = int(np.argmin(slopes))

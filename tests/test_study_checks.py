@@ -179,3 +179,17 @@ def test_steepest_descent_ignores_a_spike_of_a_few_steps():
     assert -3 < np.log10(res["steepest_descent_lr"]) < -1
     assert res["steepest_slope_per_decade"] == pytest.approx(-0.5, abs=0.02)
     assert np.log10(res["upper_bound_lr"]) == pytest.approx(-1, abs=0.1)
+
+
+def test_steepest_descent_on_a_coarse_range_fits_lines_through_three_points_at_least():
+    """Six steps over three decades: a decade holds no three points, so no line is fitted through one point (numpy
+    would warn and return an arbitrary slope); the reading stays inside the range, before the minimum."""
+    import warnings
+
+    lrs = lr_finder.lr_schedule(1e-5, 1e-2, 6)
+    curve = np.array([4.6, 4.4, 4.0, 3.9, 3.85, 4.2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = lr_finder.suggestions(lrs, curve)
+    assert lrs[1] <= res["steepest_descent_lr"] <= res["upper_bound_lr"] == lrs[4]
+    assert res["steepest_slope_per_decade"] < 0
