@@ -4,7 +4,7 @@ For every convolution shape of the configured BottleneckNet, the time of forward
 weight gradients) of K models' convolutions, batch 64, measured three ways in one run:
 
 * ``sequential``: the K models one after another, one ``F.conv2d`` each (the standard path, channels-last);
-* ``per_model``: ``F.conv2d`` under ``torch.func.vmap`` inside :func:`cifar100_func.batching.per_model_rules`;
+* ``per_model``: ``F.conv2d`` under ``torch.func.vmap`` inside :func:`cifar100_func.runtime.batching.per_model_rules`;
 * ``grouped``: the same under vmap's built-in rule (one grouped convolution).
 
     python benchmarks/bench_conv.py --k 6
@@ -24,8 +24,10 @@ from torch.func import vjp, vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar100_func import batching, model  # noqa: E402
-from cifar100_func.allocator import reuse_freed_memory  # noqa: E402
+from cifar100_func.runtime import batching
+
+from cifar100_func import model  # noqa: E402
+from cifar100_func.runtime.allocator import reuse_freed_memory  # noqa: E402
 
 
 def layer_shapes(arch: model.Arch) -> list[tuple[int, int, int, int, int]]:
@@ -62,7 +64,7 @@ def main() -> None:
     ap.add_argument("--mid", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="keep glibc's default allocator settings (cifar100_func.allocator)")
+                    help="keep glibc's default allocator settings (cifar100_func.runtime.allocator)")
     args = ap.parse_args()
     tuned = not args.no_malloc_tuning and reuse_freed_memory()
     k, n = args.k, args.batch

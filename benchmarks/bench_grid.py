@@ -4,10 +4,10 @@ For each K: one stack of K models under ``torch.func.vmap`` (the grid's step: vm
 shared batch, per-model lr/wd from the hyper-parameter table, divergence masking by ``step.guarded``) against the
 standard path that trains the same models one after another (its per-model rate does not depend on K, so it is
 measured once per mode and round). Every variant is built as the commands build it: a config (``train.compile``
-from the mode, ``grid.batching`` from the formulation) turned into a :class:`~cifar100_func.backend.Backend` and an
+from the mode, ``grid.batching`` from the formulation) turned into a :class:`~cifar100_func.runtime.backend.Backend` and an
 engine, which decide the precision, the compilation, the batching rules and the memory format of the batches and
 weights. The stacked convolutions and batch norms run in each formulation asked for (``per_model``: the rules of
-:mod:`cifar100_func.batching`; ``grouped``: vmap's built-in rules). Rounds alternate so machine drift hits every
+:mod:`cifar100_func.runtime.batching`; ``grouped``: vmap's built-in rules). Rounds alternate so machine drift hits every
 variant alike. Compilation is not timed.
 
     python benchmarks/bench_grid.py --data-root ../shared --ks 1,2,6,12 --modes eager,compiled
@@ -26,16 +26,16 @@ from torch.func import vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cifar100_func import backend as backend_mod  # noqa: E402
-from cifar100_func.backend import Backend, resolve_device  # noqa: E402
+from cifar100_func.runtime import backend as backend_mod  # noqa: E402
+from cifar100_func.runtime.backend import Backend, resolve_device  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
-from cifar100_func.data import load_dataset  # noqa: E402
-from cifar100_func.hparams import Hyper, at_step, table  # noqa: E402
-from cifar100_func.loader import Pipeline, train_batches  # noqa: E402
-from cifar100_func.loop import Plan, init_trees  # noqa: E402
-from cifar100_func.optim import make_optimizer  # noqa: E402
-from cifar100_func.step import guarded, make_train_step  # noqa: E402
-from cifar100_func.trainer import arch_from  # noqa: E402
+from cifar100_func.data.dataset import load_dataset  # noqa: E402
+from cifar100_func.core.hparams import Hyper, at_step, table  # noqa: E402
+from cifar100_func.data.loader import Pipeline, train_batches  # noqa: E402
+from cifar100_func.runtime.loop import Plan, init_trees  # noqa: E402
+from cifar100_func.core.optim import make_optimizer  # noqa: E402
+from cifar100_func.core.step import guarded, make_train_step  # noqa: E402
+from cifar100_func.runtime.trainer import arch_from  # noqa: E402
 
 REUSED = "allocator: freed memory reused"
 
@@ -112,10 +112,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batching", default=None,
                     help="grid.batching formulations of the stacked convolutions to compare (see "
-                         "cifar100_func.batching); default per_model,grouped on a CPU, grouped on CUDA")
+                         "cifar100_func.runtime.batching); default per_model,grouped on a CPU, grouped on CUDA")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="keep glibc's default allocator settings (cifar100_func.allocator, otherwise applied by "
+                    help="keep glibc's default allocator settings (cifar100_func.runtime.allocator, otherwise applied by "
                          "the backend as in every command) for both paths")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()

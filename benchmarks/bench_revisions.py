@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar100_func.config import load_config  # noqa: E402
-from cifar100_func.data import load_dataset  # noqa: E402
+from cifar100_func.data.dataset import load_dataset  # noqa: E402
 
 
 def import_as(name: str, root: Path) -> ModuleType:
@@ -51,8 +51,8 @@ def standard_before(pkg: str, cfg_path: str, overrides: list[str], data) -> floa
 
 
 def standard_now(cfg_path: str, overrides: list[str], data) -> float:
-    from cifar100_func import trainer
-    from cifar100_func.backend import Backend
+    from cifar100_func.runtime import trainer
+    from cifar100_func.runtime.backend import Backend
 
     cfg = load_config(cfg_path, overrides)
     res = trainer.fit(cfg, data, Backend.create(cfg, torch.device("cpu")), progress=False, log=quiet)
@@ -70,8 +70,8 @@ def stack_before(pkg: str, cfg_path: str, overrides: list[str], data, k: int) ->
 
 
 def stack_now(cfg_path: str, overrides: list[str], data, k: int) -> float:
-    from cifar100_func import grid_search
-    from cifar100_func.backend import Backend
+    from cifar100_func.commands import grid_search
+    from cifar100_func.runtime.backend import Backend
 
     cfg = load_config(cfg_path, overrides)
     first = grid_search.expand(cfg)[0]

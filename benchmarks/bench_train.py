@@ -3,10 +3,10 @@
 Reference: ``nn.Module`` BottleneckNet, per-image torchvision transforms on PIL images, a shuffling
 ``DataLoader`` with worker processes, ``torch.optim.Adam``. Ours: device-resident uint8 data, batched
 augmentation, the pure ``grad_and_value`` step and the functional Adam, run exactly as ``trainer.fit`` runs it
-(the loop of :mod:`cifar100_func.loop` for one model: the backend's precision, memory format and compilation, the
+(the loop of :mod:`cifar100_func.runtime.loop` for one model: the backend's precision, memory format and compilation, the
 hyper-parameter table scaled by the schedule), in the variants named on the command line. Each variant is a
 config (``train.precision``, ``train.channels_last``, ``train.compile`` set from its name) turned into a
-:class:`~cifar100_func.backend.Backend` and an engine, as the commands do; compilation happens in the warm-up, not
+:class:`~cifar100_func.runtime.backend.Backend` and an engine, as the commands do; compilation happens in the warm-up, not
 in the timed steps. Rounds alternate between the variants so that drift of the machine hits all of them alike; the
 table gives the median images/s and the ratio to the reference.
 
@@ -26,16 +26,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import reference  # noqa: E402
-from cifar100_func import backend as backend_mod  # noqa: E402
-from cifar100_func.backend import Backend, resolve_device  # noqa: E402
+from cifar100_func.runtime import backend as backend_mod  # noqa: E402
+from cifar100_func.runtime.backend import Backend, resolve_device  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
-from cifar100_func.data import load_dataset  # noqa: E402
-from cifar100_func.hparams import Hyper, at_step, table  # noqa: E402
-from cifar100_func.loader import Pipeline, train_batches  # noqa: E402
-from cifar100_func.loop import Plan, init_trees  # noqa: E402
-from cifar100_func.optim import make_optimizer  # noqa: E402
-from cifar100_func.step import make_train_step  # noqa: E402
-from cifar100_func.trainer import arch_from  # noqa: E402
+from cifar100_func.data.dataset import load_dataset  # noqa: E402
+from cifar100_func.core.hparams import Hyper, at_step, table  # noqa: E402
+from cifar100_func.data.loader import Pipeline, train_batches  # noqa: E402
+from cifar100_func.runtime.loop import Plan, init_trees  # noqa: E402
+from cifar100_func.core.optim import make_optimizer  # noqa: E402
+from cifar100_func.core.step import make_train_step  # noqa: E402
+from cifar100_func.runtime.trainer import arch_from  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 REUSED = "allocator: freed memory reused"
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--variants", default="fp32,fp32-cl,bf16-cl",
                     help="comma list of ours: fp32 | fp32-cl | bf16 | bf16-cl, suffix -compile to compile")
     ap.add_argument("--no-malloc-tuning", action="store_true",
-                    help="keep glibc's default allocator settings (cifar100_func.allocator, otherwise applied by "
+                    help="keep glibc's default allocator settings (cifar100_func.runtime.allocator, otherwise applied by "
                          "the backend as in every command) for every pipeline")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override, repeatable")
     args = ap.parse_args()

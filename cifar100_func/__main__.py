@@ -17,7 +17,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import run_command
+    from .commands.cli import run_command
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: unknown command {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
-    module = importlib.import_module(f"cifar100_func.{argv[0]}")
+    module = importlib.import_module(f"cifar100_func.commands.{argv[0]}")
     return run_command(module.main, argv[1:])
 
 

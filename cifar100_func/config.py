@@ -247,7 +247,7 @@ class GridConfig:
     independent_seeds: bool = False
     max_stack: Optional[int] = None
     save_checkpoints: bool = False
-    # how vmap runs stacked convolutions and batch norms (cifar100_func.batching); auto: per_model if eager on a CPU
+    # how vmap runs stacked convolutions and batch norms (cifar100_func.runtime.batching); auto: per_model if eager on a CPU
     batching: Literal["auto", "per_model", "grouped"] = "auto"
     max_train: Optional[int] = None  # train the grid on the first N training images only (null: all)
     # compile the stacked step: null follows train.compile for stacks of at least 200 steps (shorter ones
@@ -326,7 +326,7 @@ class SanityConfig:
 
 @dataclass
 class StudyConfig:
-    """The whole study in one command (``cifar100_func.study``)."""
+    """The whole study in one command (``cifar100_func.commands.study``)."""
 
     profile: str = "full"  # a name printed in the report ("quick" says plainly that it is a reduced run)
     description: str = "the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)"
@@ -425,6 +425,6 @@ def changed_keys(before: Config, after: Config) -> list[str]:
 
 def save_snapshot(config: Config, path: str | os.PathLike) -> None:
     """Write the resolved config next to a command's outputs (the only config file any command writes)."""
-    from .io import atomic_write_text
+    from .runtime.io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(config.to_dict(), sort_keys=False))

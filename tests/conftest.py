@@ -77,7 +77,7 @@ def run_cli(capsys):
     """Run ``cifar100_func.<command>.main`` in-process; returns (exit code, stdout, stderr)."""
     import importlib
 
-    from cifar100_func.cli import run_command
+    from cifar100_func.commands.cli import run_command
 
     def run(command: str, *argv: str) -> tuple[int, str, str]:
         module = importlib.import_module(f"cifar100_func.{command}")

@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-from cifar100_func.allocator import reuse_freed_memory
+from cifar100_func.runtime.allocator import reuse_freed_memory
 
 
 def test_reuse_freed_memory_is_idempotent_and_applies_on_glibc():

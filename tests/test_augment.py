@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from cifar100_func import augment as aug
+from cifar100_func.core import augment as aug
 from cifar100_func.config import AugmentConfig
 
 ATOL = 1e-5

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from cifar100_func import backend as backend_mod
-from cifar100_func.backend import Backend
+from cifar100_func.runtime import backend as backend_mod
+from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
-from cifar100_func.data import load_dataset
+from cifar100_func.data.dataset import load_dataset
 
 from test_grid import fit_stack
 
@@ -38,7 +38,7 @@ def test_compile_failure_continues_eagerly_with_eager_settings(tiny_config, monk
     cfg = load_config(tiny_config({"train": {"precision": "fp64", "channels_last": True},
                                    "dataset": {"synthetic": {"train_size": 100 + 32 * 3}}}))
     data = load_dataset(cfg.dataset)
-    from cifar100_func.trainer import arch_from
+    from cifar100_func.runtime.trainer import arch_from
 
     members = [(0.01, 0.0, 0), (0.02, 5e-4, 0)]
     eager = fit_stack(cfg, data, arch_from(cfg, 10), members, 1, shared_data=True, compile=False)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch.func import grad, vmap
 from torch.utils._pytree import tree_leaves
 
-from cifar100_func.backend import Backend
-from cifar100_func.batching import per_model_rules
+from cifar100_func.runtime.backend import Backend
+from cifar100_func.runtime.batching import per_model_rules
 from cifar100_func.config import load_config
 from cifar100_func.errors import ConfigError
 
@@ -124,8 +124,8 @@ def test_compiled_stack_matches_the_eager_stack(tiny_config, formulation):
     cfg = load_config(tiny_config({"train": {"precision": "fp64", "channels_last": True},
                                    "grid": {"batching": formulation},
                                    "dataset": {"synthetic": {"train_size": 100 + 32 * 3}}}))
-    from cifar100_func.data import load_dataset
-    from cifar100_func.trainer import arch_from
+    from cifar100_func.data.dataset import load_dataset
+    from cifar100_func.runtime.trainer import arch_from
 
     data = load_dataset(cfg.dataset)
     members = [(0.01, 0.0, 0), (0.02, 5e-4, 0), (0.03, 1e-3, 0)]

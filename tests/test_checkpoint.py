@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from benchmarks.reference import BottleneckNetRef
-from cifar100_func import model
-from cifar100_func.checkpoint import load_weights, save_checkpoint
+from cifar100_func.core import model
+from cifar100_func.runtime.checkpoint import load_weights, save_checkpoint
 from cifar100_func.errors import CheckpointError
-from cifar100_func.interop import arch_from_state_dict, from_state_dict, to_state_dict
+from cifar100_func.runtime.interop import arch_from_state_dict, from_state_dict, to_state_dict
 
 ARCHS = [((2, 2, 2), 16, 100), ((3, 3, 3), 32, 100), ((1, 2, 3), 4, 10)]
 

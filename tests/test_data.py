@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cifar100_func.config import DatasetConfig
-from cifar100_func.data import load_dataset, make_synthetic, read_pickle, split_indices
+from cifar100_func.data.dataset import load_dataset, make_synthetic, read_pickle, split_indices
 from cifar100_func.errors import DataError
 
 
@@ -101,7 +101,7 @@ def _archive(tmp_path):
 
 
 def test_auto_download_fetches_checks_and_says_where(tmp_path, monkeypatch, capsys):
-    from cifar100_func import data as data_mod
+    from cifar100_func.data import dataset as data_mod
 
     served, md5 = _archive(tmp_path)
     base, stop = _serve(served)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from benchmarks.reference import BottleneckNetRef
-from cifar100_func.checkpoint import load_file
+from cifar100_func.runtime.checkpoint import load_file
 from cifar100_func.config import load_config
-from cifar100_func.data import load_dataset
-from cifar100_func.loader import Pipeline, eval_batches
+from cifar100_func.data.dataset import load_dataset
+from cifar100_func.data.loader import Pipeline, eval_batches
 
 FP64 = {"train": {"precision": "fp64", "epochs": 2}}
 

@@ -83,7 +83,7 @@ def test_sigterm_mid_run_then_resume_matches_uninterrupted(tiny_config, tmp_path
     """A real signal to a real process: exit 130, complete checkpoints, an exact resume."""
     cfg = str(tiny_config({"train": {"epochs": 4}, "dataset": {"synthetic": {"train_size": 100 + 32 * 40}}}))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    base = [sys.executable, "-m", "cifar100_func.train", "--config", cfg]
+    base = [sys.executable, "-m", "cifar100_func.commands.train", "--config", cfg]
     full = subprocess.run(base + ["--run-name", "full", "--set", f"paths.artifacts_dir={tmp_path}/a2"], env=env,
                           capture_output=True, text=True, timeout=900)
     assert full.returncode == 0, full.stderr

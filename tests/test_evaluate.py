@@ -12,8 +12,8 @@ from benchmarks.reference import BottleneckNetRef
 def _reference_accuracy(ref: torch.nn.Module, config_path) -> float:
     """The reference module's own eval-mode test accuracy on the config's data (the independent oracle)."""
     from cifar100_func.config import load_config
-    from cifar100_func.data import load_dataset
-    from cifar100_func.loader import Pipeline, eval_batches
+    from cifar100_func.data.dataset import load_dataset
+    from cifar100_func.data.loader import Pipeline, eval_batches
 
     cfg = load_config(config_path)
     data = load_dataset(cfg.dataset)

@@ -10,13 +10,15 @@ import pytest
 import torch
 from torch.utils._pytree import tree_leaves
 
-from cifar100_func import grid_search, trainer
-from cifar100_func.backend import Backend
+from cifar100_func.commands import grid_search
+
+from cifar100_func.runtime import trainer
+from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
-from cifar100_func.data import load_dataset
-from cifar100_func.hparams import Hyper
-from cifar100_func.loader import Pipeline, steps_per_epoch
-from cifar100_func.loop import Plan, train, unstack
+from cifar100_func.data.dataset import load_dataset
+from cifar100_func.core.hparams import Hyper
+from cifar100_func.data.loader import Pipeline, steps_per_epoch
+from cifar100_func.runtime.loop import Plan, train, unstack
 
 DEV = torch.device("cpu")
 CONFIGS = [(0.001, 0.0), (0.003, 5e-4), (0.01, 1e-3)]
@@ -58,7 +60,7 @@ def test_stack_equals_sequential_runs(tiny_config, independent, precision, optim
     """Stacked vs one-by-one: every step's loss, the final params and BN state.
 
     Under vmap some kernels round differently from one model alone (the per-model rules of
-    cifar100_func.batching make convolutions and batch norms the same kernels; reductions elsewhere, such as the
+    cifar100_func.runtime.batching make convolutions and batch norms the same kernels; reductions elsewhere, such as the
     loss, still differ in the last bit), and training a BN net amplifies that rounding about 3x per step (with Adam a near-zero gradient's sign decides a full lr-sized step), so after a
     few fp32 steps single weights differ by ~1e-4 absolute. Hence: fp32, 3 steps, every loss within rtol 1e-4;
     fp64, 2 epochs, every loss, weight and BN statistic within rtol 1e-7 (the maths is the same).
@@ -119,7 +121,7 @@ def test_max_stack_and_grouping_do_not_change_results(tiny_config):
 
 @pytest.mark.parametrize("independent", [False, True])
 def test_batching_formulations_agree(tiny_config, independent):
-    """Per-model kernels (cifar100_func.batching) and vmap's grouped ones: the same training, fp64."""
+    """Per-model kernels (cifar100_func.runtime.batching) and vmap's grouped ones: the same training, fp64."""
     results = []
     for form in ("per_model", "grouped"):
         cfg, data, arch = _setup(tiny_config, {"train": {"precision": "fp64", "channels_last": True},

@@ -13,11 +13,11 @@ import time
 import pytest
 import torch
 
-from cifar100_func import grid_search
-from cifar100_func.backend import Backend
+from cifar100_func.commands import grid_search
+from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
-from cifar100_func.data import load_dataset
-from cifar100_func.grid_run import rungs, survivors
+from cifar100_func.data.dataset import load_dataset
+from cifar100_func.grid.run import rungs, survivors
 
 from conftest import REPO
 
@@ -99,7 +99,7 @@ def test_grid_resumes_stack_by_stack_after_sigterm(tiny_config, tmp_path):
     cfg = str(tiny_config({"hparams": {"blocks": [[1, 1, 1], [1, 1, 2], [1, 2, 1]]}, "grid": {"epochs": 2},
                            "dataset": {"synthetic": {"train_size": 100 + 32 * 12}}}))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    base = [sys.executable, "-m", "cifar100_func.grid_search", "--config", cfg]
+    base = [sys.executable, "-m", "cifar100_func.commands.grid_search", "--config", cfg]
     full = subprocess.run(base + ["--set", f"paths.runs_dir={tmp_path}/full"], env=env, capture_output=True,
                           text=True, timeout=900)
     assert full.returncode == 0, full.stderr

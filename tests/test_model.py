@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.reference import BottleneckNetRef
-from cifar100_func import model
-from cifar100_func.interop import from_state_dict, to_state_dict
+from cifar100_func.core import model
+from cifar100_func.runtime.interop import from_state_dict, to_state_dict
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from cifar100_func import optim
+from cifar100_func.core import optim
 from cifar100_func.config import OptimizerConfig
 
 RTOL, ATOL = 1e-5, 1e-6

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cifar100_func import grid_search
-from cifar100_func.backend import Backend
+from cifar100_func.commands import grid_search
+from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
-from cifar100_func.data import load_dataset
-from cifar100_func.ray_engine import CRASH_ONCE
+from cifar100_func.data.dataset import load_dataset
+from cifar100_func.grid.ray_engine import CRASH_ONCE
 
 GRID = {"train": {"precision": "fp64"}, "dataset": {"synthetic": {"train_size": 100 + 32 * 4}},
         "hparams": {"lr": [0.001, 0.003, 0.01], "blocks": [[1, 1, 1], [1, 1, 2]]},

@@ -9,14 +9,14 @@ import torch
 from torch.func import vmap
 from torch.utils._pytree import tree_flatten, tree_map
 
-from cifar100_func import optim
+from cifar100_func.core import optim
 from cifar100_func.config import AugmentConfig, OptimizerConfig, PreprocessConfig, SchedulerConfig
-from cifar100_func.data import Split
-from cifar100_func.hparams import at_step
-from cifar100_func.loader import Pipeline, epoch_order, train_batches
-from cifar100_func.loop import Plan, _batches
-from cifar100_func.model import Arch
-from cifar100_func.schedules import make_schedule, momentum_table, schedule_table
+from cifar100_func.data.dataset import Split
+from cifar100_func.core.hparams import at_step
+from cifar100_func.data.loader import Pipeline, epoch_order, train_batches
+from cifar100_func.runtime.loop import Plan, _batches
+from cifar100_func.core.model import Arch
+from cifar100_func.core.schedules import make_schedule, momentum_table, schedule_table
 
 from test_optim import _grads, _tree
 
@@ -128,8 +128,8 @@ def test_label_smoothing_as_a_grid_axis_reaches_the_final_run(tmp_path):
     import json
 
     from cifar100_func.config import load_config
-    from cifar100_func.grid_search import expand
-    from cifar100_func.study import final_config
+    from cifar100_func.commands.grid_search import expand
+    from cifar100_func.commands.study import final_config
 
     cfg = load_config(None, ["hparams.label_smoothing=[0.0,0.2]", "hparams.lr=[0.01]", "hparams.weight_decay=[0.0]",
                              "hparams.blocks=[[1,1,1]]", "hparams.bottleneck_mid=[4]", "train.label_smoothing=0.05"])
@@ -147,8 +147,8 @@ def test_label_smoothing_as_a_grid_axis_reaches_the_final_run(tmp_path):
 
 def test_grid_ranks_on_a_subset_and_overfit_keeps_the_spec_optimiser():
     from cifar100_func.config import load_config
-    from cifar100_func.grid_search import grid_data
-    from cifar100_func.overfit import overfit_config
+    from cifar100_func.commands.grid_search import grid_data
+    from cifar100_func.commands.overfit import overfit_config
 
     from pathlib import Path
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cifar100_func import schedules
+from cifar100_func.core import schedules
 from cifar100_func.config import SchedulerConfig
 
 REL = 1e-6

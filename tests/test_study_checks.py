@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cifar100_func import lr_finder, sanity
-from cifar100_func.backend import Backend
+from cifar100_func.commands import lr_finder, sanity
+from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
-from cifar100_func.data import load_dataset
-from cifar100_func.model import Arch
+from cifar100_func.data.dataset import load_dataset
+from cifar100_func.core.model import Arch
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

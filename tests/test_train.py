@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.reference import BottleneckNetRef
-from cifar100_func import loop, trainer
+from cifar100_func.runtime import loop, trainer
 from cifar100_func.config import load_config
 
 
@@ -120,10 +120,10 @@ def test_cuda_without_gpu_is_exit_2(run_cli, tiny_config):
 
 @pytest.mark.realdata
 def test_initial_loss_on_real_data_is_ln100(real_root):
-    from cifar100_func import model
-    from cifar100_func.data import load_dataset
-    from cifar100_func.loader import Pipeline, train_batches
-    from cifar100_func.seeding import generator
+    from cifar100_func.core import model
+    from cifar100_func.data.dataset import load_dataset
+    from cifar100_func.data.loader import Pipeline, train_batches
+    from cifar100_func.core.seeding import generator
 
     cfg = load_config("configs/config.yaml", ["dataset.max_train=640"])
     data = load_dataset(cfg.dataset, str(real_root))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, changed_keys
-from .io import atomic_write_text, read_jsonl
+from ..config import Config, changed_keys
+from ..runtime.io import atomic_write_text, read_jsonl
 
 # what the original report claimed (SPEC.md says which were checked and what was found)
 REFERENCE = {
@@ -201,7 +201,7 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         "",
         "## 10. Reproducibility",
         "",
-        f"- Command: `python -m cifar100_func.study --config <config>`; profile `{cfg.study.profile}`; seed "
+        f"- Command: `cifar100-func study --config <config>`; profile `{cfg.study.profile}`; seed "
         f"{cfg.train.seed}, split seed {cfg.dataset.split_seed}.",
         f"- Device: {sanity['device']}; precision {cfg.train.precision}; channels_last {cfg.train.channels_last}; "
         f"torch.compile {cfg.train.compile}.",

@@ -1,4 +1,4 @@
-"""``python -m cifar100_func.overfit``: SPEC experiment 2, learn a tiny training subset by heart.
+"""``cifar100-func overfit``: SPEC experiment 2, learn a tiny training subset by heart.
 
 N training images (default 50), blocks (2,2,2), mid 16, lr 1e-3, wd 0, 50 epochs, augmentation off (all in the
 ``overfit`` section). Train accuracy must reach ``overfit.target_acc`` (0.98) while validation stays poor; when
@@ -14,9 +14,9 @@ import sys
 from typing import Sequence
 
 from . import cli
-from .config import Config
-from .errors import UserError
-from .trainer import RunFiles, fit
+from ..config import Config
+from ..errors import UserError
+from ..runtime.trainer import RunFiles, fit
 
 
 class OverfitFailed(UserError):
@@ -40,7 +40,7 @@ def overfit_config(cfg: Config) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100_func.overfit", "Overfit a tiny training subset (SPEC experiment 2).")
+    p = cli.base_parser("cifar100-func overfit", "Overfit a tiny training subset (SPEC experiment 2).")
     run = cli.prepare(p.parse_args(argv), "overfit", adjust=overfit_config)
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     o = cfg.overfit
@@ -51,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = RunFiles(events=out_dir / "tb" if cfg.paths.tensorboard else None)
     res = fit(cfg, data.to(device), run.backend, files, run_name="overfit",
               log=lambda line: None if ("epoch" in line and not _show(line, log_every, o.epochs)) else print(line))
-    from .io import atomic_write_json
-    from .plots import overfit_figures
+    from ..runtime.io import atomic_write_json
+    from ..report.plots import overfit_figures
 
     overfit_figures(res.metrics, out_dir, data.synthetic, len(data.train))
     last = res.metrics[-1]

@@ -12,10 +12,10 @@ from typing import Iterator
 
 import torch
 
-from . import augment as aug
-from .config import AugmentConfig, PreprocessConfig
-from .data import Split
-from .seeding import generator
+from ..core import augment as aug
+from ..config import AugmentConfig, PreprocessConfig
+from .dataset import Split
+from ..core.seeding import generator
 
 
 @dataclass(frozen=True)

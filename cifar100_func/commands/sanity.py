@@ -1,4 +1,4 @@
-"""``python -m cifar100_func.sanity``: SPEC experiment 1, the checks to run before any training.
+"""``cifar100-func sanity``: SPEC experiment 1, the checks to run before any training.
 
 Split sizes and per-class counts, the shape of a train batch against the model's input, the initial loss on a
 real batch against ln(num_classes), majority-class and uniform-random baselines on val and test, the
@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import augment as aug
-from . import cli, model
-from .data import Split
-from .io import atomic_write_json
-from .loader import Pipeline, train_batches
-from .seeding import generator
-from .trainer import arch_from
+from ..core import augment as aug
+from . import cli
+from ..core import model
+from ..data.dataset import Split
+from ..runtime.io import atomic_write_json
+from ..data.loader import Pipeline, train_batches
+from ..core.seeding import generator
+from ..runtime.trainer import arch_from
 
 
 def majority_baseline(train_y: torch.Tensor, eval_y: torch.Tensor, num_classes: int) -> float:
@@ -58,7 +59,7 @@ def flops_per_image(arch: model.Arch, batch: int = 2) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100_func.sanity", "Sanity checks before training (SPEC experiment 1).")
+    p = cli.base_parser("cifar100-func sanity", "Sanity checks before training (SPEC experiment 1).")
     run = cli.prepare(p.parse_args(argv), "sanity")
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     k = data.num_classes
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _samples_figure(cfg, data, out_dir: Path) -> None:
-    from .plots import augmented_samples_figure
+    from ..report.plots import augmented_samples_figure
 
     n = min(cfg.sanity.num_samples, len(data.train))
     x = aug.to_float(data.train.x[:n])

@@ -1,4 +1,4 @@
-"""``python -m cifar100_func.grid_search``: the study's hyper-parameter grid, vectorised, in one process.
+"""``cifar100-func grid_search``: the study's hyper-parameter grid, vectorised, in one process.
 
 Configurations that share an architecture (``blocks``, ``mid``) are trained at the same time as stacked
 models under ``torch.func.vmap`` (:mod:`.grid_run`: one plan each for the loop of :mod:`.loop`, exhaustive or
@@ -23,16 +23,18 @@ from typing import Any, Sequence
 
 import torch
 
-from . import cli, model
-from .checkpoint import save_checkpoint
-from .config import Config, parse_override
-from .data import Dataset
-from .errors import ConfigError
-from .io import atomic_write_json, atomic_write_text
-from .backend import Backend
-from .grid_run import GridRun, Member, Stack, member_trees
-from .events import write_hparams
-from .hparams import Hyper
+from . import cli
+
+from ..core import model
+from ..runtime.checkpoint import save_checkpoint
+from ..config import Config, parse_override
+from ..data.dataset import Dataset
+from ..errors import ConfigError
+from ..runtime.io import atomic_write_json, atomic_write_text
+from ..runtime.backend import Backend
+from ..grid.run import GridRun, Member, Stack, member_trees
+from ..runtime.events import write_hparams
+from ..core.hparams import Hyper
 
 ONLY_KEYS = {
     "lr": "lr", "train.optimizer.lr": "lr",
@@ -145,7 +147,7 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
     events = out_dir / "tb" if out_dir is not None and cfg.paths.tensorboard else None
     engine = None
     if cfg.grid.engine == "ray":
-        from .ray_engine import RayEngine
+        from ..grid.ray_engine import RayEngine
 
         engine = RayEngine(cfg, data, data_root, log)
     GridRun(cfg, data, backend, runs, records, force, progress, log, save_final, events, engine).run()
@@ -228,7 +230,7 @@ def write_tables(rows: list[dict], out_dir: Path, synthetic: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100_func.grid_search", "Train the hyper-parameter grid as stacked models.")
+    p = cli.base_parser("cifar100-func grid_search", "Train the hyper-parameter grid as stacked models.")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run a subset, e.g. --only model.blocks=[3,3,3] (repeatable; all must match)")
     p.add_argument("--force", action="store_true", help="train every stack again (ignore the per-stack records)")
@@ -248,13 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"backend: {run.backend.header()}", flush=True)
     t0 = time.perf_counter()
     if cfg.grid.engine == "ray":
-        from .ray_engine import require_ray
+        from ..grid.ray_engine import require_ray
 
         require_ray()  # before any data reaches the device
     rows = run_grid(cfg, data.to(device), run.backend, points, out_dir, force=args.force, data_root=args.data_root)
     write_tables(rows, out_dir, data.synthetic)
     atomic_write_json(out_dir / "results.json", rows)
-    from .plots import grid_curves, grid_heatmaps
+    from ..report.plots import grid_curves, grid_heatmaps
 
     grid_curves(rows, "train", out_dir / "grid_search_train.png", data.synthetic)
     grid_curves(rows, "val", out_dir / "grid_search_val.png", data.synthetic)

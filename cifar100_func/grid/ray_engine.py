@@ -19,10 +19,10 @@ from typing import Callable, Iterator
 import torch
 from torch.utils._pytree import tree_map
 
-from .config import Config
-from .data import Dataset
-from .errors import ConfigError
-from .grid_run import RungJob, RungOutcome, train_rung
+from ..config import Config
+from ..data.dataset import Dataset
+from ..errors import ConfigError
+from .run import RungJob, RungOutcome, train_rung
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray>=2.40')"
 CRASH_ONCE = "CIFAR100_TEST_CRASH_ONCE"  # tests: a file path; the first task that finds it missing creates it and
@@ -48,8 +48,8 @@ def _run_stack(job: RungJob, data: Dataset | None, data_root: str | None, thread
     if marker and not Path(marker).exists():
         Path(marker).touch()
         os._exit(1)
-    from .backend import Backend
-    from .data import load_dataset
+    from ..runtime.backend import Backend
+    from ..data.dataset import load_dataset
 
     gpu = torch.cuda.is_available() and bool(_ray_gpu_ids())
     device = torch.device("cuda") if gpu else torch.device("cpu")

@@ -11,8 +11,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import CheckpointError
-from .model import Arch, Params, State, init
+from ..errors import CheckpointError
+from ..core.model import Arch, Params, State, init
 
 # our tree names -> the reference module names
 _RENAME = {"stem.conv": "stem.0", "stem.bn": "stem.1", "shortcut.conv": "shortcut.0", "shortcut.bn": "shortcut.1"}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import AugmentConfig
+from ..config import AugmentConfig
 
 GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)

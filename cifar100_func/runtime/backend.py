@@ -20,8 +20,8 @@ from torch.utils._pytree import tree_map
 
 from .allocator import reuse_freed_memory
 from .batching import per_model_rules
-from .config import Config
-from .errors import ConfigError, UserError
+from ..config import Config
+from ..errors import ConfigError, UserError
 
 MIN_STEPS_TO_COMPILE = 200  # below this, compiling (a minute or more per step function on 2 cores) costs more
 

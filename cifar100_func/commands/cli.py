@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from .config import Config, load_config
-from .errors import UserError
+from ..config import Config, load_config
+from ..errors import UserError
 
 if TYPE_CHECKING:
-    from .backend import Backend
-    from .data import Dataset
+    from ..runtime.backend import Backend
+    from ..data.dataset import Dataset
 
 DEFAULT_CONFIG = "configs/config.yaml"
 
@@ -85,10 +85,10 @@ class Prepared:
 
 def prepare(args: argparse.Namespace, folder: str, adjust: Callable[[Config], Config] | None = None) -> Prepared:
     """Config (with ``adjust`` applied), backend, data, and ``<runs_dir>/<folder>`` with the config snapshot."""
-    from .backend import Backend, resolve_device
-    from .config import save_snapshot
-    from .data import load_dataset
-    from .io import ensure_dir
+    from ..runtime.backend import Backend, resolve_device
+    from ..config import save_snapshot
+    from ..data.dataset import load_dataset
+    from ..runtime.io import ensure_dir
 
     cfg = load(args)
     if adjust is not None:

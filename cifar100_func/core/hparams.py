@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .config import Config
+from ..config import Config
 
 Table = dict[str, Tensor]
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from .config import OptimizerConfig
+from ..config import OptimizerConfig
 
 Leaves = list[Tensor]
 Hparams = dict[str, Tensor]

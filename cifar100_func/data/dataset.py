@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import DatasetConfig
-from .errors import DataError
-from .seeding import derive_seed
+from ..config import DatasetConfig
+from ..errors import DataError
+from ..core.seeding import derive_seed
 
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"

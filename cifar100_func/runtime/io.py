@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import OutputError
+from ..errors import OutputError
 
 
 def ensure_dir(path: Path) -> Path:

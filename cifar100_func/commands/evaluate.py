@@ -1,4 +1,4 @@
-"""``python -m cifar100_func.evaluate --checkpoint artifacts/best.ckpt``: test-set metrics of one model or ensemble.
+"""``cifar100-func evaluate --checkpoint artifacts/best.ckpt``: test-set metrics of one model or ensemble.
 
 Reads a project checkpoint or a plain reference-layout ``state_dict`` (detected automatically); the architecture
 comes from the checkpoint's shapes, never from the config, so the two cannot disagree. Prints and writes
@@ -16,16 +16,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import cli
-from .backend import Backend, resolve_device
-from .checkpoint import load_members, tree_to
-from .config import Config
-from .data import Dataset, load_dataset
-from .errors import CheckpointError
-from .io import atomic_write_json
-from .loader import Pipeline
-from .loop import evaluate, make_eval, stack_trees
-from .plots import confusion_matrix_figure
-from .step import cast_tree
+from ..runtime.backend import Backend, resolve_device
+from ..runtime.checkpoint import load_members, tree_to
+from ..config import Config
+from ..data.dataset import Dataset, load_dataset
+from ..errors import CheckpointError
+from ..runtime.io import atomic_write_json
+from ..data.loader import Pipeline
+from ..runtime.loop import evaluate, make_eval, stack_trees
+from ..report.plots import confusion_matrix_figure
+from ..core.step import cast_tree
 
 
 def confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -110,7 +110,7 @@ def run(cfg: Config, checkpoint: str | Path | None = None, *, device: str = "aut
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100_func.evaluate", "Evaluate a checkpoint on the CIFAR-100 test split.")
+    p = cli.base_parser("cifar100-func evaluate", "Evaluate a checkpoint on the CIFAR-100 test split.")
     p.add_argument("--checkpoint", default=None, help="checkpoint or state_dict (default: <artifacts_dir>/best.ckpt)")
     args = p.parse_args(argv)
     run(cli.load(args), args.checkpoint, device=args.device, data_root=args.data_root)

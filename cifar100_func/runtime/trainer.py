@@ -15,21 +15,21 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_leaves, tree_structure, tree_unflatten
 
-from . import model
+from ..core import model
 from .backend import Backend
 from .checkpoint import load_file, save_checkpoint
-from .config import Config
-from .data import Dataset
-from .errors import CheckpointError, TrainingDiverged
+from ..config import Config
+from ..data.dataset import Dataset
+from ..errors import CheckpointError, TrainingDiverged
 from .events import Events
-from .hparams import Hyper
+from ..core.hparams import Hyper
 from .interop import from_state_dict
 from .io import atomic_write_text
-from .loader import Pipeline, steps_per_epoch
+from ..data.loader import Pipeline, steps_per_epoch
 from .loop import Check, EpochEnd, Hooks, Plan, Start, stack_trees, train
-from .optim import make_optimizer
-from .schedules import make_schedule, momentum_table, schedule_table
-from .step import cast_tree
+from ..core.optim import make_optimizer
+from ..core.schedules import make_schedule, momentum_table, schedule_table
+from ..core.step import cast_tree
 
 # config keys that may change between an interrupted run and its --resume without changing the result
 RESUME_FREE_KEYS = ("train.epochs", "paths.", "dataset.root", "dataset.download", "train.compile",
@@ -219,7 +219,7 @@ def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
 
 
 def _write_curves(run_dir: Path, metrics: list[dict], run_name: str, synthetic: bool) -> None:
-    from .plots import learning_curve
+    from ..report.plots import learning_curve
 
     tag = " [SYNTHETIC DATA]" if synthetic else ""
     learning_curve(metrics, "loss", run_dir / "loss.png", f"{run_name}: loss{tag}")

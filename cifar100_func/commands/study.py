@@ -1,4 +1,4 @@
-"""``python -m cifar100_func.study``: the whole study of SPEC.md in one command, then ``report/REPORT.md``.
+"""``cifar100-func study``: the whole study of SPEC.md in one command, then ``report/REPORT.md``.
 
 Stages, in order: sanity -> overfit -> lr_finder -> grid_search -> final (standard path) -> evaluate. Each stage
 is the project's own command, run in-process on the same config. A finished stage leaves
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import cli, evaluate, grid_search, lr_finder, overfit, sanity, train
-from .backend import resolve_device
-from .config import Config, changed_keys
-from .errors import CheckpointError
-from .io import atomic_write_json, ensure_dir
+from ..runtime.backend import resolve_device
+from ..config import Config, changed_keys
+from ..errors import CheckpointError
+from ..runtime.io import atomic_write_json, ensure_dir
 
 STAGES = ["sanity", "overfit", "lr_finder", "grid_search", "final", "evaluate"]
 COMMON = ["dataset", "preprocess", "train.seed", "train.batch_size", "train.eval_batch_size", "train.precision"]
@@ -120,7 +120,7 @@ def final_config(cfg: Config, runs: Path) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100_func.study", "Run the whole study (sanity, overfit, LR finder, grid, final, test).")
+    p = cli.base_parser("cifar100-func study", "Run the whole study (sanity, overfit, LR finder, grid, final, test).")
     p.add_argument("--force", action="append", default=[], choices=STAGES, help="redo a stage (repeatable)")
     args = p.parse_args(argv)
     cfg = cli.load(args)
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common += ["--seed", str(args.seed)]
     if args.data_root:
         common += ["--data-root", args.data_root]
-    from .data import load_dataset
+    from ..data.dataset import load_dataset
 
     data = load_dataset(cfg.dataset, args.data_root)  # fails early, clearly, when the data is missing
     study = Study(cfg, common, set(args.force))
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     study.run("final", final)
     study.run("evaluate", lambda: evaluate.run(final_config(cfg, runs), best, device=args.device,
                                                data_root=args.data_root))
-    from .report import write_report
+    from ..report.report import write_report
 
     path = write_report(cfg, study.records, runs, Path(cfg.paths.artifacts_dir), Path(cfg.paths.report_dir),
                         changed_keys(cfg, final_config(cfg, runs)))

@@ -20,15 +20,15 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
-from . import model
+from ..core import model
 from .backend import Backend, Engine
-from .config import OptimizerConfig
-from .data import Dataset, Split
-from .hparams import Hyper, at_step, table
-from .loader import Pipeline, eval_batches, steps_per_epoch, train_batches
-from .optim import make_optimizer
-from .seeding import generator
-from .step import cast_tree, guarded, make_eval_step, make_train_step
+from ..config import OptimizerConfig
+from ..data.dataset import Dataset, Split
+from ..core.hparams import Hyper, at_step, table
+from ..data.loader import Pipeline, eval_batches, steps_per_epoch, train_batches
+from ..core.optim import make_optimizer
+from ..core.seeding import generator
+from ..core.step import cast_tree, guarded, make_eval_step, make_train_step
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""``python -m cifar100_func.lr_finder``: learning-rate range test, several seeds at once under vmap.
+"""``cifar100-func lr_finder``: learning-rate range test, several seeds at once under vmap.
 
 The lr grows geometrically from ``lr_finder.start`` to ``lr_finder.end`` over at most one epoch of batches,
 one optimiser step per batch, with the config's model and optimiser. ``lr_finder.seeds`` models (own init, own
@@ -22,15 +22,15 @@ import numpy as np
 import torch
 
 from . import cli
-from .config import Config
-from .data import Dataset
-from .io import atomic_write_json, atomic_write_text
-from .backend import Backend
-from .hparams import Hyper
-from .loader import Pipeline, steps_per_epoch
-from .events import Events
-from .loop import Check, Hooks, Plan, train
-from .trainer import arch_from
+from ..config import Config
+from ..data.dataset import Dataset
+from ..runtime.io import atomic_write_json, atomic_write_text
+from ..runtime.backend import Backend
+from ..core.hparams import Hyper
+from ..data.loader import Pipeline, steps_per_epoch
+from ..runtime.events import Events
+from ..runtime.loop import Check, Hooks, Plan, train
+from ..runtime.trainer import arch_from
 
 CHECK_EVERY = 20  # steps between two looks at the losses: the run may go up to 19 steps past its stop, unused
 
@@ -150,7 +150,7 @@ def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None 
 
 
 def write_outputs(res: dict, out_dir: Path, synthetic: bool) -> None:
-    from .plots import lr_finder_figure
+    from ..report.plots import lr_finder_figure
 
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -172,7 +172,7 @@ def write_outputs(res: dict, out_dir: Path, synthetic: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100_func.lr_finder", "Learning-rate range test (several seeds stacked under vmap).")
+    p = cli.base_parser("cifar100-func lr_finder", "Learning-rate range test (several seeds stacked under vmap).")
     run = cli.prepare(p.parse_args(argv), "lr_finder")
     cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
     print(f"{run.tag}: lr {cfg.lr_finder.start:g} -> {cfg.lr_finder.end:g}, {cfg.lr_finder.seeds} seeds stacked, "

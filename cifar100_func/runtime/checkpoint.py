@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_map
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .interop import arch_from_state_dict, from_state_dict, to_state_dict
 from .io import atomic_write
-from .model import Arch, Params, State
+from ..core.model import Arch, Params, State
 
 FORMAT = "cifar100-func/1"
 

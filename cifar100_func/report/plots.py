@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io import atomic_write  # noqa: E402
+from ..runtime.io import atomic_write  # noqa: E402
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .config import SchedulerConfig
+from ..config import SchedulerConfig
 
 Schedule = Callable[[int], float]
 

@@ -1,4 +1,4 @@
-"""``python -m cifar100_func.train``: the final training run on the standard path (one model, no stacking).
+"""``cifar100-func train``: the final training run on the standard path (one model, no stacking).
 
 Writes ``<runs_dir>/<run name>/{metrics.jsonl, config.yaml, loss.png, accuracy.png, last.ckpt}`` and keeps
 the best-by-validation checkpoint at ``<artifacts_dir>/best.ckpt``; ``--resume`` continues from ``last.ckpt``.
@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli
-from .backend import Backend, resolve_device
-from .config import Config, save_snapshot
-from .data import load_dataset
-from .errors import ConfigError, OutputError
-from .io import ensure_dir
-from .trainer import FitResult, RunFiles, fit
+from ..runtime.backend import Backend, resolve_device
+from ..config import Config, save_snapshot
+from ..data.dataset import load_dataset
+from ..errors import ConfigError, OutputError
+from ..runtime.io import ensure_dir
+from ..runtime.trainer import FitResult, RunFiles, fit
 
 
 def parser():
-    p = cli.base_parser("cifar100_func.train", __doc__.splitlines()[0].strip("`"))
+    p = cli.base_parser("cifar100-func train", __doc__.splitlines()[0].strip("`"))
     p.add_argument("--run-name", default="train", help="folder under paths.runs_dir (default: train)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last.ckpt")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run of the same name and best.ckpt")

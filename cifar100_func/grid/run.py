@@ -28,16 +28,16 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils._pytree import tree_leaves, tree_map, tree_structure, tree_unflatten
 
-from . import model
-from .backend import Backend
-from .config import Config
-from .data import Dataset
-from .hparams import Hyper
-from .io import atomic_write, atomic_write_json
-from .loader import Pipeline, steps_per_epoch
-from .events import Events
-from .loop import Hooks, Plan, Start, init_trees, train, unstack
-from .trainer import schedule_fields
+from ..core import model
+from ..runtime.backend import Backend
+from ..config import Config
+from ..data.dataset import Dataset
+from ..core.hparams import Hyper
+from ..runtime.io import atomic_write, atomic_write_json
+from ..data.loader import Pipeline, steps_per_epoch
+from ..runtime.events import Events
+from ..runtime.loop import Hooks, Plan, Start, init_trees, train, unstack
+from ..runtime.trainer import schedule_fields
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Running the core: the one loop, the device backend, checkpoints, event files and safe writes."""
