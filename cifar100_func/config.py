@@ -24,6 +24,12 @@ from .errors import ConfigError
 
 
 # --------------------------------------------------------------------------------------------- schema
+def how(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field that says *how* a run executes (device, compilation, engine, paths, where the data is), not *what*
+    it computes: fingerprints of results leave it out (:func:`what`)."""
+    return field(default=default, default_factory=default_factory, metadata={"how": True})
+
+
 @dataclass
 class SyntheticConfig:
     """Sizes of the generated stand-in data set (``dataset.name: synthetic``)."""
@@ -41,10 +47,10 @@ class SyntheticConfig:
 @dataclass
 class DatasetConfig:
     name: Literal["cifar100", "synthetic"] = "cifar100"
-    root: Optional[str] = None  # the folder that contains cifar-100-python/
+    root: Optional[str] = how(None)  # the folder that contains cifar-100-python/
     # auto: fetch the official archive (torchvision's downloader, checksum checked) when the files are missing,
     # and say so plainly when there is no network; true: the same, and a failed download is an error; false: never
-    download: Union[bool, Literal["auto"]] = "auto"
+    download: Union[bool, Literal["auto"]] = how("auto")
     num_classes: int = 100
     val_size: int = 5000
     split_seed: int = 42
@@ -163,10 +169,10 @@ class TrainConfig:
     # fp32; fp64: for numerical checks
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "fp32"
     allow_tf32: bool = False  # CUDA only: TF32 matmuls/convolutions in fp32 runs; off so that CPU and GPU runs agree
-    channels_last: bool = True  # NHWC activations
-    compile: bool = True  # torch.compile the training step
+    channels_last: bool = how(True)  # NHWC activations
+    compile: bool = how(True)  # torch.compile the training step
     # auto: "default" on a CPU, "reduce-overhead" (CUDA graphs) on CUDA
-    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = "auto"
+    compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = how("auto")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -245,19 +251,19 @@ class RayConfig:
 class GridConfig:
     epochs: int = 5
     independent_seeds: bool = False
-    max_stack: Optional[int] = None
+    max_stack: Optional[int] = how(None)
     save_checkpoints: bool = False
     # how vmap runs stacked convolutions and batch norms (cifar100_func.runtime.batching); auto: per_model if eager on a CPU
-    batching: Literal["auto", "per_model", "grouped"] = "auto"
+    batching: Literal["auto", "per_model", "grouped"] = how("auto")
     max_train: Optional[int] = None  # train the grid on the first N training images only (null: all)
     # compile the stacked step: null follows train.compile for stacks of at least 200 steps (shorter ones
     # spend more time compiling than it saves); true / false force it
-    compile: Optional[bool] = None
+    compile: Optional[bool] = how(None)
     # exhaustive: every configuration for grid.epochs; halving: successive halving across all stacks
     schedule: Literal["exhaustive", "halving"] = "exhaustive"
     halving: HalvingConfig = field(default_factory=HalvingConfig)
-    engine: Literal["local", "ray"] = "local"  # local: stacks one after another in this process
-    ray: RayConfig = field(default_factory=RayConfig)
+    engine: Literal["local", "ray"] = how("local")  # local: stacks one after another in this process
+    ray: RayConfig = how(default_factory=RayConfig)
 
     def validate(self) -> None:
         check_range("grid.epochs", self.epochs, 1, 100000)
@@ -328,8 +334,8 @@ class SanityConfig:
 class StudyConfig:
     """The whole study in one command (``cifar100_func.commands.study``)."""
 
-    profile: str = "full"  # a name printed in the report ("quick" says plainly that it is a reduced run)
-    description: str = "the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)"
+    profile: str = how("full")  # a name printed in the report ("quick" says plainly that it is a reduced run)
+    description: str = how("the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)")
     final_from: Literal["grid", "config"] = "grid"  # final run: the grid's best configuration, or train/model as set
     final_epochs: Optional[int] = None  # default: train.epochs
     final_seeds: int = 1  # N > 1: the final run is a seed ensemble of N models trained as one stack
@@ -366,7 +372,7 @@ class Config:
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
     sanity: SanityConfig = field(default_factory=SanityConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    paths: PathsConfig = how(default_factory=PathsConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -421,6 +427,14 @@ def changed_keys(before: Config, after: Config) -> list[str]:
 
     a, b = flat(before.to_dict()), flat(after.to_dict())
     return [f"{k}={b[k]}" for k in b if a.get(k) != b[k]]
+
+
+def what(cfg: Any) -> Any:
+    """``cfg`` (a config or one of its sections) as a plain dict without the fields marked :func:`how`: what a
+    result computed from it depends on."""
+    if not dataclasses.is_dataclass(cfg):
+        return plain(cfg)
+    return {f.name: what(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if not f.metadata.get("how")}
 
 
 def save_snapshot(config: Config, path: str | os.PathLike) -> None:
