@@ -80,7 +80,7 @@ def run_cli(capsys):
     from cifar100_func.commands.cli import run_command
 
     def run(command: str, *argv: str) -> tuple[int, str, str]:
-        module = importlib.import_module(f"cifar100_func.{command}")
+        module = importlib.import_module(f"cifar100_func.commands.{command}")
         code = run_command(module.main, list(argv))
         out = capsys.readouterr()
         return code, out.out, out.err
