@@ -11,6 +11,26 @@ from typing import Any, Callable
 from ..errors import OutputError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are 0600
+# how torch's zip writer reports a failed write (a full disk, a vanished folder): RuntimeError, not OSError
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter", "inline_container", "unexpected pos", "file write failed")
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """The cause of a failed write, when ``exc`` is one (an OSError, or torch's RuntimeError for the same), else None."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in TORCH_WRITE_FAILURES):
+        return "the write failed (is the disk full?)"
+    return None
+
+
 def ensure_dir(path: Path) -> Path:
     """Create ``path`` (and parents); a clear ``OutputError`` when that is impossible."""
     try:
@@ -26,12 +46,14 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool = Tru
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it over ``path``.
 
     On any failure (full disk, permissions, an interrupt) the temporary file is removed and whatever was at
-    ``path`` before is left untouched.
+    ``path`` before is left untouched; a failed write (whatever torch raises for it) is one ``OutputError`` line.
+    The file gets the mode ``open`` would give it (the user's umask).
     """
     path = Path(path)
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -42,8 +64,9 @@ def atomic_write(path: Path, write: Callable[[Any], None], *, binary: bool = Tru
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+        cause = write_failure(exc)
+        if cause is not None:
+            raise OutputError(f"cannot write {str(path)!r}: {cause}; what was there before is intact") from None
         raise
 
 
