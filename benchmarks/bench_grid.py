@@ -28,12 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar100_func.runtime import backend as backend_mod  # noqa: E402
 from cifar100_func.runtime.backend import Backend, resolve_device  # noqa: E402
+from cifar100_func.torch_private import set_recompile_limit  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data.dataset import load_dataset  # noqa: E402
-from cifar100_func.core.hparams import Hyper, at_step, table  # noqa: E402
-from cifar100_func.data.loader import Pipeline, train_batches  # noqa: E402
+from cifar100_func.data.loader import train_batches  # noqa: E402
+from cifar100_func.runtime.from_config import data_spec, pipeline  # noqa: E402
 from cifar100_func.runtime.loop import Plan, init_trees  # noqa: E402
-from cifar100_func.core.optim import make_optimizer  # noqa: E402
+from cifar100_func.runtime import recipe  # noqa: E402
 from cifar100_func.core.step import guarded, make_train_step  # noqa: E402
 from cifar100_func.runtime.trainer import arch_from  # noqa: E402
 
@@ -56,31 +57,28 @@ def build(cfg, data, device, k: int | None, mode: str, steps: int):
     backend = Backend.create(cfg, device)
     compile = mode == "compiled"  # forced: a benchmark's few steps are below the commands' 200-step threshold
     engine = backend.engine(k, steps, compile=compile)
-    opt = make_optimizer(tc.optimizer)
+    opt = recipe.optimizer(tc, recipe.hyper(cfg), steps)  # a schedule holds its last value after its end
     step = make_train_step(opt, precision=backend.precision, device_type=device.type)
     n = 1 if k is None else k
     # the grid's plan (shared seed and batches, as the reference grid), or fit's for one model
-    plan = Plan(arch_from(cfg, data.num_classes), [tc.seed] * n, [Hyper.of(cfg)] * n, tc.optimizer, 1,
-                torch.ones(steps), shared_data=True, guard=k is not None, stacked=k is not None)
+    plan = Plan(arch_from(cfg, data.num_classes), [tc.seed] * n, [opt] * n, 1, shared_data=True,
+                guard=k is not None, stacked=k is not None)
     P, S, O = init_trees(plan, backend.precision, device)
     P, O = engine.params(P), engine.params(O)
-    H = table(plan.hypers, device, stacked=k is not None)
-    factor = torch.ones((), device=device)  # the schedule's multiplier of the step (constant here)
     if k is None:
         fn = engine.wrap(step)
         carry = [P, S, O]
 
         def run(x, y):
-            carry[0], carry[1], carry[2], loss, _ = fn(*carry, at_step(H, factor), engine.batch(x), y)
+            carry[0], carry[1], carry[2], loss, _ = fn(*carry, engine.batch(x), y)
             return loss
     else:
-        fn = engine.wrap(guarded(vmap(step, in_dims=(0, 0, 0, 0, None, None))))
+        fn = engine.wrap(guarded(vmap(step, in_dims=(0, 0, 0, None, None))))
         carry = [P, S, O, torch.ones(k, dtype=torch.bool, device=device)]
 
         def run(x, y):
             P, S, O, active = carry
-            carry[0], carry[1], carry[2], loss, _, carry[3] = fn(P, S, O, at_step(H, factor), engine.batch(x), y,
-                                                                 active)
+            carry[0], carry[1], carry[2], loss, _, carry[3] = fn(P, S, O, engine.batch(x), y, active)
             return loss
     return run, engine, backend
 
@@ -124,12 +122,12 @@ def main() -> None:
     device = resolve_device(args.device)
     overrides = ["dataset.max_train=6400", *args.overrides]
     cfg = load_config(args.config, overrides)
-    data = load_dataset(cfg.dataset, args.data_root).to(device)
+    data = load_dataset(data_spec(cfg), args.data_root).to(device)
     ks = [int(k) for k in args.ks.split(",")]
     modes = args.modes.split(",")
     forms = (args.batching or ("per_model,grouped" if device.type == "cpu" else "grouped")).split(",")
-    torch._dynamo.config.recompile_limit = 64  # one compiled closure of the same step per variant
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, device)
+    set_recompile_limit(64)  # one compiled closure of the same step per variant
+    pipe = pipeline(cfg, device)
     variants = [(m, None, "") for m in modes] + [(m, k, f) for m in modes for k in ks for f in forms]
     n_steps = 3 * args.rounds + args.steps * args.rounds
     # every engine before any compilation: creating a compiled engine resets dynamo's caches
@@ -152,7 +150,7 @@ def main() -> None:
                   + (f"  [{engine.describe()}]" if r == 0 else ""), flush=True)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"\ndevice {device} ({where}); torch {torch.__version__}; blocks {list(cfg.model.blocks)}, "
-          f"mid {cfg.model.bottleneck_mid}; batch {cfg.train.batch_size}; precision {backends[0].precision}; "
+          f"mid {cfg.model.bottleneck_mid}; batch {cfg.train.batch_size}; precision {backends[0].precision.name}; "
           f"{args.steps} steps x {args.rounds} rounds (median); freed memory reused: {tuned}")
     print("| mode | K | sequential (standard path) | "
           + " | ".join(f"stacked, {f} | {f} / sequential" for f in forms) + " |")

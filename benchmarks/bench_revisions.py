@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data.dataset import load_dataset  # noqa: E402
+from cifar100_func.runtime.from_config import data_spec  # noqa: E402
 
 
 def import_as(name: str, root: Path) -> ModuleType:
@@ -43,48 +44,38 @@ def quiet(_: str) -> None:
     pass
 
 
-def standard_before(pkg: str, cfg_path: str, overrides: list[str], data) -> float:
-    trainer = importlib.import_module(f"{pkg}.trainer")
-    cfg = importlib.import_module(f"{pkg}.config").load_config(cfg_path, overrides)
-    res = trainer.fit(cfg, data, torch.device("cpu"), progress=False, log=quiet)
+def _rate_from_log(rates: list[float]):
+    def log(line: str) -> None:
+        if "model-images/s" in line:
+            rates.append(float(line.rsplit("then ", 1)[1].split()[0]))
+    return log
+
+
+def standard_before(pkg: str, cfg_path: str, overrides: list[str], root: str | None) -> float:
+    """The flat layout before the sub-packages (01c3cc1 and its like)."""
+    mod = lambda name: importlib.import_module(f"{pkg}.{name}")  # noqa: E731
+    cfg = mod("config").load_config(cfg_path, overrides)
+    data = mod("data").load_dataset(cfg.dataset, root)
+    res = mod("trainer").fit(cfg, data, mod("backend").Backend.create(cfg, torch.device("cpu")), progress=False,
+                             log=quiet)
     return res.metrics[-1]["images_per_sec"]
 
 
-def standard_now(cfg_path: str, overrides: list[str], data) -> float:
-    from cifar100_func.runtime import trainer
-    from cifar100_func.runtime.backend import Backend
-
-    cfg = load_config(cfg_path, overrides)
-    res = trainer.fit(cfg, data, Backend.create(cfg, torch.device("cpu")), progress=False, log=quiet)
-    return res.metrics[-1]["images_per_sec"]
-
-
-def stack_before(pkg: str, cfg_path: str, overrides: list[str], data, k: int) -> float:
-    stacked = importlib.import_module(f"{pkg}.stacked")
-    trainer = importlib.import_module(f"{pkg}.trainer")
-    cfg = importlib.import_module(f"{pkg}.config").load_config(cfg_path, overrides)
-    members = [stacked.Member(f"m{i}", 0.001 * (i + 1), 5e-4, cfg.train.seed) for i in range(k)]
-    res = stacked.fit_stack(cfg, data, torch.device("cpu"), trainer.arch_from(cfg, data.num_classes), members, 1,
-                            shared_data=True, compile_step=False, progress=False)
-    return res.model_images_per_sec
-
-
-def stack_now(cfg_path: str, overrides: list[str], data, k: int) -> float:
-    from cifar100_func.commands import grid_search
-    from cifar100_func.runtime.backend import Backend
-
-    cfg = load_config(cfg_path, overrides)
+def stack_before(pkg: str, cfg_path: str, overrides: list[str], root: str | None, k: int) -> float:
+    mod = lambda name: importlib.import_module(f"{pkg}.{name}")  # noqa: E731
+    cfg = mod("config").load_config(cfg_path, overrides)
+    data = mod("data").load_dataset(cfg.dataset, root)
+    grid_search = mod("grid_search")
     first = grid_search.expand(cfg)[0]
     points = [dataclasses.replace(first, lr=0.001 * (i + 1), weight_decay=5e-4, index=i,
                                   blocks=tuple(cfg.model.blocks), mid=cfg.model.bottleneck_mid) for i in range(k)]
     rates: list[float] = []
-
-    def log(line: str) -> None:
-        if "model-images/s" in line:
-            rates.append(float(line.rsplit("then ", 1)[1].split()[0]))
-
-    grid_search.run_grid(cfg, data, Backend.create(cfg, torch.device("cpu")), points, None, progress=False, log=log)
+    grid_search.run_grid(cfg, data, mod("backend").Backend.create(cfg, torch.device("cpu")), points, None,
+                         progress=False, log=_rate_from_log(rates))
     return rates[0]
+
+
+#NOW#
 
 
 def main() -> None:
@@ -105,8 +96,8 @@ def main() -> None:
     base = args.overrides + ["dataset.max_val=500", "grid.epochs=1"]
     std = base + [f"dataset.max_train={64 * args.standard_steps}", "train.epochs=2"]
     stk = base + [f"dataset.max_train={64 * args.stack_steps}", "train.compile=false"]
-    data = load_dataset(load_config(args.config, std).dataset, args.data_root)
-    sdata = load_dataset(load_config(args.config, stk).dataset, args.data_root)
+    data = load_dataset(data_spec(load_config(args.config, std)), args.data_root)
+    sdata = load_dataset(data_spec(load_config(args.config, stk)), args.data_root)
     old_cfg = str(Path(args.before) / args.config)  # each revision reads its own config file
     runs = {
         "standard": [("before", lambda: standard_before(pkg, old_cfg, std, data)),

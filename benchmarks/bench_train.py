@@ -30,10 +30,10 @@ from cifar100_func.runtime import backend as backend_mod  # noqa: E402
 from cifar100_func.runtime.backend import Backend, resolve_device  # noqa: E402
 from cifar100_func.config import load_config  # noqa: E402
 from cifar100_func.data.dataset import load_dataset  # noqa: E402
-from cifar100_func.core.hparams import Hyper, at_step, table  # noqa: E402
-from cifar100_func.data.loader import Pipeline, train_batches  # noqa: E402
+from cifar100_func.data.loader import train_batches  # noqa: E402
+from cifar100_func.runtime.from_config import data_spec, pipeline  # noqa: E402
 from cifar100_func.runtime.loop import Plan, init_trees  # noqa: E402
-from cifar100_func.core.optim import make_optimizer  # noqa: E402
+from cifar100_func.runtime import recipe  # noqa: E402
 from cifar100_func.core.step import make_train_step  # noqa: E402
 from cifar100_func.runtime.trainer import arch_from  # noqa: E402
 
@@ -69,17 +69,15 @@ class Ours:
         self.cfg, self.data = cfg, data
         self.backend = Backend.create(cfg, device)
         # fit's plan for one model; the engine compiles when the variant says so, whatever the number of steps
-        plan = Plan(arch_from(cfg, data.num_classes), [tc.seed], [Hyper.of(cfg)], tc.optimizer, 1,
-                    torch.ones(steps + 3), stacked=False)
+        # (the schedule's table: a schedule holds its last value after its end, so any number of steps runs)
+        opt = recipe.optimizer(tc, recipe.hyper(cfg), steps + 3)
+        plan = Plan(arch_from(cfg, data.num_classes), [tc.seed], [opt], 1, stacked=False)
         self.engine = self.backend.engine(None, steps + 3, compile=self.backend.compile)
-        step = make_train_step(make_optimizer(tc.optimizer), precision=self.backend.precision,
-                               device_type=device.type)
+        step = make_train_step(opt, precision=self.backend.precision, device_type=device.type)
         self.step = self.engine.wrap(step)
         P, S, O = init_trees(plan, self.backend.precision, device)
         self.carry = [self.engine.params(P), S, self.engine.params(O)]
-        self.H = table(plan.hypers, device, stacked=False)
-        self.factor = torch.ones((), device=device)  # the schedule's multiplier of the step (constant here)
-        self.pipe = Pipeline.create(cfg.preprocess, cfg.augment, device)
+        self.pipe = pipeline(cfg, device)
 
     def run(self, n: int, epoch: int) -> int:
         """``n`` training steps on the batches of ``epoch``, as the loop runs them; returns the images seen."""
@@ -90,7 +88,7 @@ class Ours:
                                                  self.cfg.train.seed, epoch)):
             if i == n:
                 break
-            P, S, O, loss, _ = self.step(P, S, O, at_step(self.H, self.factor), engine.batch(x), y)
+            P, S, O, loss, _ = self.step(P, S, O, engine.batch(x), y)
             seen += len(y)
         loss.item()
         if device.type == "cuda":
@@ -125,7 +123,7 @@ def main() -> None:
     variants = args.variants.split(",")
     overrides = {name: variant_overrides(name) for name in variants}
     cfg = load_config(args.config, args.overrides)
-    data = load_dataset(cfg.dataset, args.data_root)
+    data = load_dataset(data_spec(cfg), args.data_root)
     ddata = data.to(device)
     # every variant's backend and engine before any compilation (a compiled engine resets dynamo's caches), and
     # before the reference runs, so that the process setting (allocator) is the same for every pipeline

@@ -1,365 +1,319 @@
-"""The study's configuration: typed dataclasses, loaded from YAML and validated, with ``--set`` overrides.
+"""The study's configuration: a frozen, typed schema (pydantic dataclasses), loaded from YAML, with ``--set``.
 
-This module is the schema; the generic checking and conversion is :mod:`cifar100_func.coerce`. Every value
-is checked when the file is read: an unknown key, a wrong type or an impossible value is a ``ConfigError``
-naming the dotted key. The schema's defaults are the values of ``configs/config.yaml``. Overrides are applied
-in memory only; nothing here writes a file except :func:`save_snapshot`, which commands call for the copy
-they keep next to their outputs.
+Every value is checked when the file is read: an unknown key, a wrong type or an impossible value is one
+``ConfigError`` line naming the dotted key (:mod:`.config_errors` turns pydantic's report into it). The schema's
+defaults are the values of ``configs/config.yaml``. Configs are immutable: derive one with
+``dataclasses.replace`` (which validates again). Nothing here writes a file except :func:`save_snapshot`.
+
+Why pydantic and not OmegaConf structured configs: OmegaConf 2.3 has no ``Literal``, no ``Union[bool,
+Literal["auto"]]`` and no fixed-length tuples (2.4 adds them, tuples experimental) and neither checks numeric
+bounds, which pydantic validates natively.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
+import annotated_types as at
+import pydantic
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Strict
 
-from . import coerce
-from .coerce import build, check_positive, check_range, first_line, plain
-from .coerce import parse_override as parse_override  # noqa: F401 - re-exported: grid_search parses --set with it
+from .config_errors import explain
 from .errors import ConfigError
+from .overrides import apply_overrides as _apply_overrides
+from .overrides import first_line
+from .overrides import parse_override as parse_override  # noqa: F401 - re-exported: grid_search parses --set with it
 
 
-# --------------------------------------------------------------------------------------------- schema
+# ------------------------------------------------------------------------------------------ value types
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: accept numeric strings (anything else is left for the type check)."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+Int = Annotated[int, Strict()]  # no bools, floats or numeric strings
+Bool = Annotated[bool, Strict()]  # true/false only: not 1, not the string "true"
+Str = Annotated[str, Strict()]
+Float = Annotated[float, BeforeValidator(_yaml_float), Strict()]  # ints and numeric strings; finite (see _SCHEMA)
+Seed = Annotated[Int, at.Interval(ge=0, lt=2**63)]  # torch seeds are 64-bit; seed + index must stay below 2**64
+
+
+def within(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> at.Interval:
+    """The bounds of a numeric field: [low, high], each end open on request."""
+    return at.Interval(**{"gt" if low_open else "ge": low, "lt" if high_open else "le": high})
+
+
+Positive = Annotated[Int, at.Gt(0)]
+Blocks = tuple[Annotated[Int, within(1, 64)], Annotated[Int, within(1, 64)], Annotated[Int, within(1, 64)]]
+Mid = Annotated[Int, within(1, 4096)]
+Lr = Annotated[Float, within(0.0, 100.0, low_open=True)]
+Decay = Annotated[Float, within(0.0, 10.0)]
+Smoothing = Annotated[Float, within(0.0, 1.0, high_open=True)]
+Epochs = Annotated[Int, within(1, 100000)]
+Probability = Annotated[Float, within(0.0, 1.0)]
+
+_SCHEMA = ConfigDict(extra="forbid", allow_inf_nan=False)
+section = pydantic.dataclasses.dataclass(frozen=True, config=_SCHEMA)
+
+
 def how(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
     """A field that says *how* a run executes (device, compilation, engine, paths, where the data is), not *what*
     it computes: fingerprints of results leave it out (:func:`what`)."""
-    return field(default=default, default_factory=default_factory, metadata={"how": True})
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"how": True})
 
 
-@dataclass
+
+# --------------------------------------------------------------------------------------------- schema
+@section
 class SyntheticConfig:
     """Sizes of the generated stand-in data set (``dataset.name: synthetic``)."""
 
-    train_size: int = 2000  # before the train/val split
-    test_size: int = 500
-    noise: float = 0.35  # pixel noise around each class prototype; larger is harder
-
-    def validate(self) -> None:
-        check_positive("dataset.synthetic.train_size", self.train_size)
-        check_positive("dataset.synthetic.test_size", self.test_size)
-        check_range("dataset.synthetic.noise", self.noise, 0.0, 10.0)
+    train_size: Positive = 2000  # before the train/val split
+    test_size: Positive = 500
+    noise: Annotated[Float, within(0.0, 10.0)] = 0.35  # pixel noise around each class prototype; larger is harder
 
 
-@dataclass
+@section
 class DatasetConfig:
     name: Literal["cifar100", "synthetic"] = "cifar100"
-    root: Optional[str] = how(None)  # the folder that contains cifar-100-python/
+    root: Optional[Str] = how(None)  # the folder that contains cifar-100-python/
     # auto: fetch the official archive (torchvision's downloader, checksum checked) when the files are missing,
     # and say so plainly when there is no network; true: the same, and a failed download is an error; false: never
-    download: Union[bool, Literal["auto"]] = how("auto")
-    num_classes: int = 100
-    val_size: int = 5000
-    split_seed: int = 42
-    max_train: Optional[int] = None
-    max_val: Optional[int] = None
-    max_test: Optional[int] = None
+    download: Union[Bool, Literal["auto"]] = how("auto")
+    num_classes: Positive = 100
+    val_size: Positive = 5000
+    split_seed: Seed = 42
+    max_train: Optional[Positive] = None
+    max_val: Optional[Positive] = None
+    max_test: Optional[Positive] = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
-    def validate(self) -> None:
-        check_positive("dataset.num_classes", self.num_classes)
-        check_positive("dataset.val_size", self.val_size)
-        for key in ("max_train", "max_val", "max_test"):
-            if getattr(self, key) is not None:
-                check_positive(f"dataset.{key}", getattr(self, key))
+    def __post_init__(self) -> None:
         if self.name == "synthetic" and self.val_size >= self.synthetic.train_size:
-            raise ConfigError(
-                f"dataset.val_size: {self.val_size} must be smaller than dataset.synthetic.train_size "
-                f"({self.synthetic.train_size})"
-            )
-        self.synthetic.validate()
+            raise ConfigError(f"dataset.val_size: {self.val_size} must be smaller than dataset.synthetic.train_size "
+                              f"({self.synthetic.train_size})")
 
 
-@dataclass
+Channel = Annotated[Float, within(-10.0, 10.0)]
+Spread = Annotated[Float, within(1e-6, 10.0)]
+
+
+@section
 class PreprocessConfig:
-    mean: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
-    std: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
-
-    def validate(self) -> None:
-        for i, s in enumerate(self.std):
-            check_range(f"preprocess.std[{i}]", s, 1e-6, 10.0)
+    mean: tuple[Channel, Channel, Channel] = (0.5071, 0.4867, 0.4408)
+    std: tuple[Spread, Spread, Spread] = (0.2675, 0.2565, 0.2761)
 
 
-@dataclass
+@section
 class AugmentConfig:
-    enabled: bool = True
-    crop_padding: int = 4
-    hflip_p: float = 0.5
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.1
-    off_last_epochs: int = 0  # the last N epochs of a run train on plain images (a short final phase)
-
-    def validate(self) -> None:
-        check_range("augment.crop_padding", self.crop_padding, 0, 16)
-        check_range("augment.off_last_epochs", self.off_last_epochs, 0, 100000)
-        check_range("augment.hflip_p", self.hflip_p, 0.0, 1.0)
-        for key in ("brightness", "contrast", "saturation"):
-            check_range(f"augment.{key}", getattr(self, key), 0.0, 1.0)
-        check_range("augment.hue", self.hue, 0.0, 0.5)
+    enabled: Bool = True
+    crop_padding: Annotated[Int, within(0, 16)] = 4
+    hflip_p: Probability = 0.5
+    brightness: Probability = 0.2
+    contrast: Probability = 0.2
+    saturation: Probability = 0.2
+    hue: Annotated[Float, within(0.0, 0.5)] = 0.1
+    # the last N epochs of a run train on plain images (a short final phase)
+    off_last_epochs: Annotated[Int, within(0, 100000)] = 0
 
 
-@dataclass
+Beta = Annotated[Float, within(0.0, 1.0, high_open=True)]
+
+
+@section
 class ModelConfig:
     name: Literal["bottlenecknet"] = "bottlenecknet"
-    blocks: tuple[int, int, int] = (3, 3, 3)
-    bottleneck_mid: int = 16
-
-    def validate(self) -> None:
-        for i, b in enumerate(self.blocks):
-            check_range(f"model.blocks[{i}]", b, 1, 64)
-        check_range("model.bottleneck_mid", self.bottleneck_mid, 1, 4096)
+    blocks: Blocks = (3, 3, 3)
+    bottleneck_mid: Mid = 16
 
 
-@dataclass
+@section
 class OptimizerConfig:
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 0.01
-    weight_decay: float = 0.0005
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = True  # sgd only
+    lr: Lr = 0.01
+    weight_decay: Decay = 0.0005
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    eps: Annotated[Float, within(0.0, 1.0, low_open=True)] = 1e-8
+    momentum: Beta = 0.9  # sgd only
+    nesterov: Bool = True  # sgd only
     # false: weight decay on convolution and linear weights only (not on batch-norm weights and biases)
-    decay_norm_and_bias: bool = True
-
-    def validate(self) -> None:
-        check_range("train.optimizer.lr", self.lr, 0.0, 100.0, low_open=True)
-        check_range("train.optimizer.weight_decay", self.weight_decay, 0.0, 10.0)
-        for i, b in enumerate(self.betas):
-            check_range(f"train.optimizer.betas[{i}]", b, 0.0, 1.0, high_open=True)
-        check_range("train.optimizer.eps", self.eps, 0.0, 1.0, low_open=True)
-        check_range("train.optimizer.momentum", self.momentum, 0.0, 1.0, high_open=True)
+    decay_norm_and_bias: Bool = True
 
 
-@dataclass
+@section
 class SchedulerConfig:
     name: Literal["none", "cosine", "onecycle"] = "none"
-    warmup_pct: float = 0.25  # onecycle: fraction of steps spent rising to the peak lr
-    div_factor: float = 25.0  # onecycle: initial lr = peak / div_factor
-    final_div_factor: float = 1e4  # onecycle: final lr = initial lr / final_div_factor
-    min_lr_ratio: float = 0.0  # cosine: final lr = peak * min_lr_ratio
+    # onecycle: fraction of steps spent rising to the peak lr
+    warmup_pct: Annotated[Float, within(0.0, 1.0, low_open=True, high_open=True)] = 0.25
+    div_factor: Annotated[Float, within(1.0, 1e9)] = 25.0  # onecycle: initial lr = peak / div_factor
+    # onecycle: final lr = initial lr / final_div_factor
+    final_div_factor: Annotated[Float, within(1.0, 1e12)] = 1e4
+    min_lr_ratio: Probability = 0.0  # cosine: final lr = peak * min_lr_ratio
     # onecycle with sgd: momentum falls from max to base while the lr rises and comes back as it falls (as
     # torch.optim.lr_scheduler.OneCycleLR(cycle_momentum=True)); false: the optimiser's constant momentum
-    cycle_momentum: bool = False
-    base_momentum: float = 0.85
-    max_momentum: float = 0.95
+    cycle_momentum: Bool = False
+    base_momentum: Beta = 0.85
+    max_momentum: Beta = 0.95  # at least base_momentum
 
-    def validate(self) -> None:
-        check_range("train.scheduler.base_momentum", self.base_momentum, 0.0, 1.0, high_open=True)
-        check_range("train.scheduler.max_momentum", self.max_momentum, self.base_momentum, 1.0, high_open=True)
-        check_range("train.scheduler.warmup_pct", self.warmup_pct, 0.0, 1.0, low_open=True, high_open=True)
-        check_range("train.scheduler.div_factor", self.div_factor, 1.0, 1e9)
-        check_range("train.scheduler.final_div_factor", self.final_div_factor, 1.0, 1e12)
-        check_range("train.scheduler.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+    def __post_init__(self) -> None:
+        if self.max_momentum < self.base_momentum:
+            raise ConfigError(f"train.scheduler.max_momentum: {self.max_momentum!r} is out of range, expected a "
+                              f"value in [{self.base_momentum}, 1.0) (at least train.scheduler.base_momentum)")
 
 
-@dataclass
+@section
 class TrainConfig:
-    seed: int = 42
-    batch_size: int = 64
-    eval_batch_size: int = 500
-    epochs: int = 20
-    label_smoothing: float = 0.0
+    seed: Seed = 42
+    batch_size: Annotated[Int, within(2, 1 << 16)] = 64
+    eval_batch_size: Annotated[Int, within(1, 1 << 16)] = 500
+    epochs: Epochs = 20
+    label_smoothing: Smoothing = 0.0
     # auto: bf16 where the device computes it natively (CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX), else
     # fp32; fp64: for numerical checks
     precision: Literal["auto", "fp32", "bf16", "fp64"] = "fp32"
-    allow_tf32: bool = False  # CUDA only: TF32 matmuls/convolutions in fp32 runs; off so that CPU and GPU runs agree
-    channels_last: bool = how(True)  # NHWC activations
-    compile: bool = how(True)  # torch.compile the training step
+    allow_tf32: Bool = False  # CUDA only: TF32 matmuls/convolutions in fp32 runs; off so that CPU and GPU runs agree
+    channels_last: Bool = how(True)  # NHWC activations
+    compile: Bool = how(True)  # torch.compile the training step
     # auto: "default" on a CPU, "reduce-overhead" (CUDA graphs) on CUDA
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = how("auto")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
-    def validate(self) -> None:
-        check_range("train.batch_size", self.batch_size, 2, 1 << 16)
-        check_range("train.eval_batch_size", self.eval_batch_size, 1, 1 << 16)
-        check_range("train.epochs", self.epochs, 1, 100000)
-        check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
-        self.optimizer.validate()
-        self.scheduler.validate()
+    def __post_init__(self) -> None:
         if self.scheduler.cycle_momentum and (self.scheduler.name != "onecycle" or self.optimizer.name != "sgd"):
             raise ConfigError("train.scheduler.cycle_momentum: needs train.scheduler.name onecycle and "
                               f"train.optimizer.name sgd (got {self.scheduler.name}, {self.optimizer.name})")
 
 
-@dataclass
+
+@section
 class HparamsConfig:
     """The grid's axes: every combination is one configuration."""
 
-    lr: list[float] = field(default_factory=lambda: [0.002, 0.005, 0.01])
-    weight_decay: list[float] = field(default_factory=lambda: [5e-5, 5e-4])
-    blocks: list[tuple[int, int, int]] = field(default_factory=lambda: [(2, 2, 2), (3, 3, 3)])
-    bottleneck_mid: list[int] = field(default_factory=lambda: [16, 32])
-    label_smoothing: Optional[list[float]] = None  # null: train.label_smoothing for every configuration
-
-    def validate(self) -> None:
-        for key in ("lr", "weight_decay", "blocks", "bottleneck_mid"):
-            if not getattr(self, key):
-                raise ConfigError(f"hparams.{key}: must list at least one value")
-        if self.label_smoothing is not None:
-            if not self.label_smoothing:
-                raise ConfigError("hparams.label_smoothing: must list at least one value (or be null)")
-            for i, v in enumerate(self.label_smoothing):
-                check_range(f"hparams.label_smoothing[{i}]", v, 0.0, 1.0, high_open=True)
-        for i, v in enumerate(self.lr):
-            check_range(f"hparams.lr[{i}]", v, 0.0, 100.0, low_open=True)
-        for i, v in enumerate(self.weight_decay):
-            check_range(f"hparams.weight_decay[{i}]", v, 0.0, 10.0)
-        for i, bl in enumerate(self.blocks):
-            for j, b in enumerate(bl):
-                check_range(f"hparams.blocks[{i}][{j}]", b, 1, 64)
-        for i, v in enumerate(self.bottleneck_mid):
-            check_range(f"hparams.bottleneck_mid[{i}]", v, 1, 4096)
+    lr: Annotated[tuple[Lr, ...], at.MinLen(1)] = (0.002, 0.005, 0.01)
+    weight_decay: Annotated[tuple[Decay, ...], at.MinLen(1)] = (5e-5, 5e-4)
+    blocks: Annotated[tuple[Blocks, ...], at.MinLen(1)] = ((2, 2, 2), (3, 3, 3))
+    bottleneck_mid: Annotated[tuple[Mid, ...], at.MinLen(1)] = (16, 32)
+    # null: train.label_smoothing for every configuration
+    label_smoothing: Optional[Annotated[tuple[Smoothing, ...], at.MinLen(1)]] = None
 
 
-@dataclass
+@section
 class HalvingConfig:
     """Successive halving (``grid.schedule: halving``): rungs at ``min_epochs * eta**r`` epochs up to
     ``grid.epochs``; at each rung the best 1/eta of the running configurations (at least one) go on."""
 
-    min_epochs: float = 1.0  # the first rung; may be a fraction of an epoch
-    eta: int = 3  # 1 keeps everyone (the rungs only split the training)
-
-    def validate(self) -> None:
-        check_range("grid.halving.min_epochs", self.min_epochs, 0.0, 100000.0, low_open=True)
-        check_range("grid.halving.eta", self.eta, 1, 1000)
+    # the first rung; may be a fraction of an epoch
+    min_epochs: Annotated[Float, within(0.0, 100000.0, low_open=True)] = 1.0
+    eta: Annotated[Int, within(1, 1000)] = 3  # 1 keeps everyone (the rungs only split the training)
 
 
-@dataclass
+@section
 class RayConfig:
     """``grid.engine: ray``: each stack of a rung is one Ray task (Ray Core), run in parallel where the cluster has
     room; the driver keeps the records, ranks and prunes."""
 
-    address: Optional[str] = None  # null: start (or join) a local cluster; "auto" or "host:port": a running one
-    cpus_per_stack: int = 1  # a task's CPUs (and torch threads) when the cluster has no GPUs; else one GPU each
-    max_retries: int = 2  # Ray runs a stack again when its worker process died
+    address: Optional[Str] = None  # null: start (or join) a local cluster; "auto" or "host:port": a running one
+    # a task's CPUs (and torch threads) when the cluster has no GPUs; else one GPU each
+    cpus_per_stack: Annotated[Int, within(1, 1024)] = 1
+    max_retries: Annotated[Int, within(0, 100)] = 2  # Ray runs a stack again when its worker process died
     data: Literal["object_store", "data_root"] = "object_store"  # how the data reaches the workers: once through
     # Ray's object store, or read by each worker from the data root (shared storage on a multi-machine cluster)
 
-    def validate(self) -> None:
-        check_range("grid.ray.cpus_per_stack", self.cpus_per_stack, 1, 1024)
-        check_range("grid.ray.max_retries", self.max_retries, 0, 100)
 
-
-@dataclass
+@section
 class GridConfig:
-    epochs: int = 5
-    independent_seeds: bool = False
-    max_stack: Optional[int] = how(None)
-    save_checkpoints: bool = False
-    # how vmap runs stacked convolutions and batch norms (cifar100_func.runtime.batching); auto: per_model if eager on a CPU
+    epochs: Epochs = 5
+    independent_seeds: Bool = False
+    max_stack: Optional[Positive] = how(None)
+    save_checkpoints: Bool = False
+    # how vmap runs stacked convolutions and batch norms (cifar100_func.runtime.batching); auto: per_model if eager
+    # on a CPU
     batching: Literal["auto", "per_model", "grouped"] = how("auto")
-    max_train: Optional[int] = None  # train the grid on the first N training images only (null: all)
+    max_train: Optional[Positive] = None  # train the grid on the first N training images only (null: all)
     # compile the stacked step: null follows train.compile for stacks of at least 200 steps (shorter ones
     # spend more time compiling than it saves); true / false force it
-    compile: Optional[bool] = how(None)
+    compile: Optional[Bool] = how(None)
     # exhaustive: every configuration for grid.epochs; halving: successive halving across all stacks
     schedule: Literal["exhaustive", "halving"] = "exhaustive"
     halving: HalvingConfig = field(default_factory=HalvingConfig)
     engine: Literal["local", "ray"] = how("local")  # local: stacks one after another in this process
     ray: RayConfig = how(default_factory=RayConfig)
 
-    def validate(self) -> None:
-        check_range("grid.epochs", self.epochs, 1, 100000)
-        self.ray.validate()
-        if self.max_train is not None:
-            check_positive("grid.max_train", self.max_train)
-        self.halving.validate()
-        if self.max_stack is not None:
-            check_positive("grid.max_stack", self.max_stack)
 
-
-@dataclass
+@section
 class LrFinderConfig:
-    start: float = 1e-7
-    end: float = 1.0
-    seeds: int = 3  # stacked under vmap; the curve is their mean with a min-max band
-    stop_factor: float = 4.0  # stop once the smoothed loss exceeds stop_factor x its minimum
-    smoothing: float = 0.98  # EMA factor of the smoothed loss
-    max_steps: Optional[int] = None  # default: one epoch of batches
+    start: Lr = 1e-7
+    end: Annotated[Float, within(0.0, 1000.0, low_open=True)] = 1.0  # above start
+    seeds: Annotated[Int, within(1, 64)] = 3  # stacked under vmap; the curve is their mean with a min-max band
+    # stop once the smoothed loss exceeds stop_factor x its minimum
+    stop_factor: Annotated[Float, within(1.0, 1e6, low_open=True)] = 4.0
+    smoothing: Beta = 0.98  # EMA factor of the smoothed loss
+    max_steps: Optional[Annotated[Int, within(5, 10**7)]] = None  # default: one epoch of batches
 
-    def validate(self) -> None:
-        check_range("lr_finder.start", self.start, 0.0, 100.0, low_open=True)
-        check_range("lr_finder.end", self.end, self.start, 1000.0, low_open=True)
-        check_range("lr_finder.seeds", self.seeds, 1, 64)
-        check_range("lr_finder.stop_factor", self.stop_factor, 1.0, 1e6, low_open=True)
-        check_range("lr_finder.smoothing", self.smoothing, 0.0, 1.0, high_open=True)
-        if self.max_steps is not None:
-            check_range("lr_finder.max_steps", self.max_steps, 5, 10**7)
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ConfigError(f"lr_finder.end: {self.end!r} is out of range, expected a value in "
+                              f"({self.start}, 1000.0] (above lr_finder.start)")
 
 
-@dataclass
+@section
 class OverfitConfig:
     """SPEC experiment 2: a tiny training subset must be learnt by heart, else something is broken."""
 
-    num_train: int = 50
-    max_val: Optional[int] = None  # validate on the first N validation images (null: all)
-    blocks: tuple[int, int, int] = (2, 2, 2)
-    bottleneck_mid: int = 16
+    num_train: Annotated[Int, within(2, 10**6)] = 50
+    max_val: Optional[Positive] = None  # validate on the first N validation images (null: all)
+    blocks: Blocks = (2, 2, 2)
+    bottleneck_mid: Mid = 16
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # the SPEC's; independent of train.optimizer
-    lr: float = 0.001
-    weight_decay: float = 0.0
-    epochs: int = 50
-    augment: bool = False
-    target_acc: float = 0.98
-
-    def validate(self) -> None:
-        check_range("overfit.num_train", self.num_train, 2, 10**6)
-        if self.max_val is not None:
-            check_positive("overfit.max_val", self.max_val)
-        for i, b in enumerate(self.blocks):
-            check_range(f"overfit.blocks[{i}]", b, 1, 64)
-        check_range("overfit.bottleneck_mid", self.bottleneck_mid, 1, 4096)
-        check_range("overfit.lr", self.lr, 0.0, 100.0, low_open=True)
-        check_range("overfit.weight_decay", self.weight_decay, 0.0, 10.0)
-        check_range("overfit.epochs", self.epochs, 1, 100000)
-        check_range("overfit.target_acc", self.target_acc, 0.0, 1.0)
+    lr: Lr = 0.001
+    weight_decay: Decay = 0.0
+    epochs: Epochs = 50
+    augment: Bool = False
+    target_acc: Probability = 0.98
 
 
-@dataclass
+@section
 class SanityConfig:
-    num_samples: int = 8  # images shown before/after augmentation
-
-    def validate(self) -> None:
-        check_range("sanity.num_samples", self.num_samples, 1, 64)
+    num_samples: Annotated[Int, within(1, 64)] = 8  # images shown before/after augmentation
 
 
-@dataclass
+@section
 class StudyConfig:
     """The whole study in one command (``cifar100_func.commands.study``)."""
 
-    profile: str = how("full")  # a name printed in the report ("quick" says plainly that it is a reduced run)
-    description: str = how("the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)")
-    final_from: Literal["grid", "config"] = "grid"  # final run: the grid's best configuration, or train/model as set
-    final_epochs: Optional[int] = None  # default: train.epochs
-    final_seeds: int = 1  # N > 1: the final run is a seed ensemble of N models trained as one stack
-
-    def validate(self) -> None:
-        if self.final_epochs is not None:
-            check_range("study.final_epochs", self.final_epochs, 1, 100000)
-        check_range("study.final_seeds", self.final_seeds, 1, 1024)
+    profile: Str = how("full")  # a name printed in the report ("quick" says plainly that it is a reduced run)
+    description: Str = how("the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)")
+    # final run: the grid's best configuration, or train/model as set
+    final_from: Literal["grid", "config"] = "grid"
+    final_epochs: Optional[Epochs] = None  # default: train.epochs
+    # N > 1: the final run is a seed ensemble of N models trained as one stack
+    final_seeds: Annotated[Int, within(1, 1024)] = 1
 
 
-@dataclass
+Folder = Annotated[Str, at.MinLen(1)]
+
+
+@section
 class PathsConfig:
-    runs_dir: str = "runs"
-    artifacts_dir: str = "artifacts"
-    report_dir: str = "report"
-    tensorboard: bool = True  # event files under each command's folder (tb/); tensorboard --logdir <runs_dir>
-
-    def validate(self) -> None:
-        for key in ("runs_dir", "artifacts_dir", "report_dir"):
-            if not getattr(self, key):
-                raise ConfigError(f"paths.{key}: must not be empty")
+    runs_dir: Folder = "runs"
+    artifacts_dir: Folder = "artifacts"
+    report_dir: Folder = "report"
+    tensorboard: Bool = True  # event files under each command's folder (tb/); tensorboard --logdir <runs_dir>
 
 
-@dataclass
+@section
 class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -374,10 +328,6 @@ class Config:
     study: StudyConfig = field(default_factory=StudyConfig)
     paths: PathsConfig = how(default_factory=PathsConfig)
 
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).validate()
-
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict of YAML-safe values (tuples become lists)."""
         return plain(dataclasses.asdict(self))
@@ -387,7 +337,7 @@ class Config:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Return a copy of the raw config mapping with each ``dotted.key=value`` applied (keys checked against
     :class:`Config`)."""
-    return coerce.apply_overrides(Config, data, overrides)
+    return _apply_overrides(Config, data, overrides)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
@@ -399,22 +349,38 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             raise ConfigError(f"config file {str(p)!r} not found")
         try:
             data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int of more than 4300 digits
             raise ConfigError(f"{p}: malformed YAML ({first_line(exc)})") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{p}: cannot read ({exc})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    data = apply_overrides(data, overrides or [])
-    config = from_dict(data)
-    return config
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+@functools.cache
+def _adapter() -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(Config)
 
 
 def from_dict(data: dict) -> Config:
     """Build and validate a :class:`Config` from a plain mapping (a parsed file or a checkpoint's copy)."""
-    config = build(Config, data, "")
-    config.validate()
-    return config
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return _adapter().validate_python(data)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(explain(exc.errors()[0], Config)) from None
+
+
+# ------------------------------------------------------------------------------------------- views
+def plain(obj: Any) -> Any:
+    """A copy with nested dicts copied and tuples turned into lists (YAML-safe)."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
 
 
 def changed_keys(before: Config, after: Config) -> list[str]:

@@ -9,7 +9,6 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from cifar100_func.core import augment as aug
-from cifar100_func.config import AugmentConfig
 
 ATOL = 1e-5
 H = W = 8
@@ -161,7 +160,7 @@ def _tv_jitter(img: torch.Tensor, p: aug.AugmentParams, i: int) -> torch.Tensor:
 
 def _strong_params(n: int, seed: int, order: torch.Tensor | None = None) -> aug.AugmentParams:
     """Large factors so that applying the ops in the wrong order gives clearly different images."""
-    cfg = AugmentConfig(crop_padding=2, hflip_p=0.5, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.4)
+    cfg = aug.Augmentation(crop_padding=2, hflip_p=0.5, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.4)
     p = aug.sample_params(n, cfg, torch.Generator().manual_seed(seed))
     if order is not None:
         p = aug.AugmentParams(**{**p.__dict__, "order": order})
@@ -223,7 +222,7 @@ def test_color_jitter_random_batch_matches_per_image_reference():
 
 
 def test_augment_pipeline_matches_torchvision():
-    cfg = AugmentConfig(crop_padding=4, hflip_p=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
+    cfg = aug.Augmentation(crop_padding=4, hflip_p=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
     n = 12
     x = _images(15, n=n)
     p = aug.sample_params(n, cfg, torch.Generator().manual_seed(16))
@@ -280,7 +279,7 @@ def test_uint8_crop_flip_matches_torchvision():
 
 
 # ---------------------------------------------------------------------------------- sample_params
-CFG = AugmentConfig(crop_padding=3, hflip_p=0.3, brightness=0.2, contrast=0.4, saturation=0.6, hue=0.1)
+CFG = aug.Augmentation(crop_padding=3, hflip_p=0.3, brightness=0.2, contrast=0.4, saturation=0.6, hue=0.1)
 
 
 def test_sample_params_shapes_and_ranges():
@@ -308,7 +307,7 @@ def test_sample_params_shapes_and_ranges():
 def test_sample_params_flip_rate():
     n = 20000
     for prob in (0.0, 0.3, 0.5, 1.0):
-        cfg = AugmentConfig(hflip_p=prob)
+        cfg = aug.Augmentation(hflip_p=prob)
         p = aug.sample_params(n, cfg, torch.Generator().manual_seed(1))
         rate = p.flip.float().mean().item()
         # 5 standard deviations of a binomial proportion
@@ -325,7 +324,7 @@ def test_sample_params_orders_are_permutations():
 
 
 def test_sample_params_zero_strengths_are_identity():
-    cfg = AugmentConfig(crop_padding=0, hflip_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    cfg = aug.Augmentation(crop_padding=0, hflip_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
     p = aug.sample_params(64, cfg, torch.Generator().manual_seed(3))
     assert (p.top == 0).all() and (p.left == 0).all() and not p.flip.any()
     for name in ("brightness", "contrast", "saturation"):

@@ -11,6 +11,8 @@ from torch.func import grad, vmap
 from torch.utils._pytree import tree_leaves
 
 from cifar100_func.runtime.backend import Backend
+from cifar100_func.core.precision import PRECISIONS
+from cifar100_func.runtime.from_config import data_spec
 from cifar100_func.runtime.batching import per_model_rules
 from cifar100_func.config import load_config
 from cifar100_func.errors import ConfigError
@@ -72,7 +74,7 @@ def test_stacked_rules_in_float32_are_the_sequential_kernels():
 
 
 def _backend(device: str, batching: str) -> Backend:
-    return Backend(torch.device(device), "fp32", "", True, True, "default", batching)
+    return Backend(torch.device(device), PRECISIONS["fp32"], "", True, True, "default", batching)
 
 
 def test_the_backend_installs_the_rules_for_eager_stacks_on_the_cpu_only():
@@ -127,7 +129,7 @@ def test_compiled_stack_matches_the_eager_stack(tiny_config, formulation):
     from cifar100_func.data.dataset import load_dataset
     from cifar100_func.runtime.trainer import arch_from
 
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(data_spec(cfg))
     members = [(0.01, 0.0, 0), (0.02, 5e-4, 0), (0.03, 1e-3, 0)]
     eager, compiled = (fit_stack(cfg, data, arch_from(cfg, data.num_classes), members, 1, shared_data=True,
                                  compile=c) for c in (False, True))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
+import pydantic
 import pytest
 
 from cifar100_func.config import Config, load_config
@@ -54,9 +58,9 @@ def test_new_train_keys():
 
 
 def test_parse_override_is_reexported():
-    from cifar100_func import coerce, config
+    from cifar100_func import config, overrides
 
-    assert config.parse_override is coerce.parse_override
+    assert config.parse_override is overrides.parse_override
     assert config.parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
 
 
@@ -125,3 +129,117 @@ def test_cli_config_errors_exit_2_without_traceback(run_cli, tiny_config):
     assert code == 2
     assert err.strip().splitlines() == [err.strip()] and "train.optimizer.lr" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["dataset.split_seed=18446744073709551616"], "dataset.split_seed: 18446744073709551616 is out of range"),
+        (["dataset.split_seed=-1"], "dataset.split_seed: -1 is out of range"),
+        (["train.seed=9223372036854775808"], "train.seed: 9223372036854775808 is out of range"),
+        (["preprocess.mean=[.nan, 0.5, 0.5]"], "preprocess.mean[0]: expected a finite number, got nan"),
+        (["preprocess.std=[0.2, .inf, 0.2]"], "preprocess.std[1]: expected a finite number, got inf"),
+        (["preprocess.std=[0.2, 0.2, 0]"], "preprocess.std[2]: 0 is out of range"),
+        (["train.optimizer.lr=.nan"], "train.optimizer.lr: expected a finite number"),
+        (["train.optimizer.lr=true"], "train.optimizer.lr: expected float, got True"),
+        (["model.blocks=[2,2,2,2]"], "model.blocks: expected a list of 3 ints, got 4 values"),
+        (["hparams.blocks=[[2,2]]"], "hparams.blocks[0]: expected a list of 3 ints, got 2 values"),
+        (["hparams.blocks=[[2,2,65]]"], "hparams.blocks[0][2]: 65 is out of range, expected a value in [1, 64]"),
+        (["hparams.lr=[0.1, abc]"], "hparams.lr[1]: expected float, got 'abc'"),
+        (["dataset.download=maybe"], "dataset.download: expected bool or one of 'auto', got 'maybe'"),
+        (["paths.runs_dir=''"], "paths.runs_dir: must not be empty"),
+        (["dataset.max_train=0"], "dataset.max_train: 0 is out of range, expected a value > 0"),
+        (["train.scheduler.max_momentum=0.5"], "train.scheduler.max_momentum: 0.5 is out of range"),
+        (["train.scheduler.cycle_momentum=true"], "train.scheduler.cycle_momentum: needs"),
+        (["dataset.name=synthetic", "dataset.synthetic.train_size=100"], "dataset.val_size: 5000 must be smaller"),
+        (["lr_finder.end=1e-8"], "lr_finder.end: 1e-08 is out of range"),
+    ],
+)
+def test_bounds_and_shapes_name_the_key(overrides, needle):
+    """Each bad value is one line naming the dotted key; pydantic's own multi-line report never shows."""
+    with pytest.raises(ConfigError) as exc:
+        load_config(REPO / "configs" / "config.yaml", overrides)
+    message = str(exc.value)
+    assert needle in message and "\n" not in message
+    assert "pydantic" not in message and "Input should" not in message
+
+
+def test_seed_bounds_admit_the_largest_64_bit_seed():
+    top = 2**63 - 1
+    cfg = load_config(None, [f"dataset.split_seed={top}", f"train.seed={top}"])
+    assert (cfg.dataset.split_seed, cfg.train.seed) == (top, top)
+    assert load_config(None, ["dataset.split_seed=0"]).dataset.split_seed == 0
+
+
+def test_unknown_keys_in_a_file_list_the_known_ones(tmp_path):
+    p = tmp_path / "c.yaml"
+    for text, needle in (("nosection: 1\n", "nosection: unknown key (known keys: augment, dataset,"),
+                         ("train:\n  1: 2\n", "train.1: unknown key (known keys: allow_tf32,"),
+                         ("train:\n  optimizer: 3\n", "train.optimizer: expected a mapping, got 3")):
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            load_config(p)
+
+
+def test_config_is_frozen():
+    cfg = load_config(REPO / "configs" / "quick.yaml")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train = cfg.train  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.optimizer.lr = 0.5  # type: ignore[misc]
+    with pytest.raises(AttributeError):  # the grid's axes are tuples: immutable all the way down
+        cfg.hparams.lr.append(0.5)  # type: ignore[attr-defined]
+
+
+def test_replace_copies_and_validates_again():
+    """Commands derive configs with dataclasses.replace: the copy is new and checked like a loaded one."""
+    cfg = load_config(REPO / "configs" / "quick.yaml")
+    copy = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, epochs=2, optimizer=dataclasses.replace(cfg.train.optimizer, lr=0.5)))
+    assert (copy.train.epochs, copy.train.optimizer.lr, cfg.train.optimizer.lr) == (2, 0.5, 0.1)
+    assert copy.model is cfg.model
+    with pytest.raises(pydantic.ValidationError):  # a bug in a command, not user input: pydantic's own report
+        dataclasses.replace(cfg.train.optimizer, lr=-1.0)
+    with pytest.raises(ConfigError, match="cycle_momentum"):
+        dataclasses.replace(cfg.train, optimizer=dataclasses.replace(cfg.train.optimizer, name="adam"))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.yaml")))
+def test_every_shipped_config_loads_and_round_trips(name, tmp_path):
+    from cifar100_func.config import from_dict, save_snapshot
+
+    cfg = load_config(REPO / "configs" / name)
+    assert from_dict(cfg.to_dict()) == cfg
+    save_snapshot(cfg, tmp_path / "snap.yaml")
+    assert load_config(tmp_path / "snap.yaml") == cfg
+
+
+def test_what_leaves_out_how_fields():
+    from cifar100_func.config import what
+
+    w = what(Config())
+    assert "paths" not in w and "compile" not in w["train"] and "root" not in w["dataset"]
+    assert "ray" not in w["grid"] and w["train"]["optimizer"]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("override, needle", [("dataset.split_seed=18446744073709551616", "dataset.split_seed"),
+                                              ("preprocess.std=[.nan, 0.2, 0.2]", "preprocess.std[0]"),
+                                              ("train.seed=-1", "train.seed")])
+def test_cli_bounds_exit_2_on_one_line(run_cli, tiny_config, override, needle):
+    code, _, err = run_cli("train", "--config", str(tiny_config()), "--set", override)
+    assert code == 2 and err.startswith(f"error: {needle}") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_huge_values_are_one_short_line(tmp_path):
+    """A hostile value (an int of 5000 digits, a float beyond range) is named, not echoed in full or a traceback."""
+    for override, needle in ((f"train.epochs={'9' * 5000}", "--set train.epochs: cannot parse value"),
+                             (f"train.optimizer.lr=1{'0' * 400}", "train.optimizer.lr: expected float"),
+                             ("train.optimizer.lr=1e400", "train.optimizer.lr: expected a finite number, got inf")):
+        with pytest.raises(ConfigError) as exc:
+            load_config(None, [override])
+        assert str(exc.value).startswith(needle) and len(str(exc.value)) < 400
+    p = tmp_path / "c.yaml"
+    p.write_text(f"train:\n  epochs: {'9' * 5000}\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(p)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifar100_func.config import DatasetConfig
-from cifar100_func.data.dataset import load_dataset, make_synthetic, read_pickle, split_indices
+from cifar100_func.data.dataset import DataSpec, load_dataset, make_synthetic, read_pickle, split_indices
 from cifar100_func.errors import DataError
 
 
@@ -26,7 +25,7 @@ def test_split_matches_random_split_and_is_disjoint():
 
 
 def test_synthetic_is_balanced_deterministic_and_capped():
-    cfg = DatasetConfig(name="synthetic", num_classes=10, val_size=100, max_train=50)
+    cfg = DataSpec(name="synthetic", num_classes=10, val_size=100, max_train=50)
     a, b = make_synthetic(cfg), make_synthetic(cfg)
     assert torch.equal(a.train.x, b.train.x) and a.synthetic
     assert len(a.train) == 50 and len(a.val) == 100 and a.train.x.dtype == torch.uint8
@@ -54,14 +53,14 @@ def _fake_root(tmp_path, n=20, bad=None):
 
 def test_reads_the_official_layout(tmp_path):
     root = _fake_root(tmp_path)
-    data = load_dataset(DatasetConfig(val_size=5), str(root))
+    data = load_dataset(DataSpec(val_size=5), str(root))
     assert len(data.train) == 15 and len(data.val) == 5 and len(data.test) == 20
     assert data.class_names[3] == "c3" and int(data.fine_to_coarse[7]) == 1
 
 
 def test_missing_root_names_path_and_flag(tmp_path):
     with pytest.raises(DataError) as exc:
-        load_dataset(DatasetConfig(), str(tmp_path / "nowhere"))
+        load_dataset(DataSpec(), str(tmp_path / "nowhere"))
     msg = str(exc.value)
     assert "nowhere" in msg and "--data-root" in msg
 
@@ -70,7 +69,7 @@ def test_missing_one_file(tmp_path):
     root = _fake_root(tmp_path)
     (root / "cifar-100-python" / "meta").unlink()
     with pytest.raises(DataError, match="meta"):
-        load_dataset(DatasetConfig(val_size=5), str(root))
+        load_dataset(DataSpec(val_size=5), str(root))
 
 
 def _serve(folder):
@@ -108,16 +107,16 @@ def test_auto_download_fetches_checks_and_says_where(tmp_path, monkeypatch, caps
     try:
         monkeypatch.setenv("CIFAR100_URL", f"{base}/cifar-100-python.tar.gz")
         monkeypatch.setattr(data_mod, "ARCHIVE_MD5", md5)
-        data = load_dataset(DatasetConfig(val_size=5), str(tmp_path / "fresh"))
+        data = load_dataset(DataSpec(val_size=5), str(tmp_path / "fresh"))
         assert len(data.train) == 15 and len(data.test) == 20
         assert "downloaded and checked (md5) into" in capsys.readouterr().out
         assert (tmp_path / "fresh" / "cifar-100-python" / "meta").is_file()
         # a corrupted archive fails its checksum: no data set half-read from it
         monkeypatch.setattr(data_mod, "ARCHIVE_MD5", "0" * 32)
         with pytest.raises(DataError, match="not found.*download was tried"):
-            load_dataset(DatasetConfig(val_size=5), str(tmp_path / "other"))
+            load_dataset(DataSpec(val_size=5), str(tmp_path / "other"))
         with pytest.raises(DataError, match="download .* failed"):
-            load_dataset(DatasetConfig(val_size=5, download=True), str(tmp_path / "other2"))
+            load_dataset(DataSpec(val_size=5, download=True), str(tmp_path / "other2"))
     finally:
         stop()
 
@@ -125,7 +124,7 @@ def test_auto_download_fetches_checks_and_says_where(tmp_path, monkeypatch, caps
 def test_auto_download_offline_is_the_not_found_line(tmp_path):
     # conftest points the downloader at a port that refuses: as a machine without a network
     with pytest.raises(DataError) as exc:
-        load_dataset(DatasetConfig(), str(tmp_path / "offline"))
+        load_dataset(DataSpec(), str(tmp_path / "offline"))
     msg = str(exc.value)
     assert msg.startswith("CIFAR-100 not found") and "--data-root" in msg and "\n" not in msg
 
@@ -135,7 +134,7 @@ def test_download_never_when_false(tmp_path, monkeypatch):
 
     monkeypatch.setattr(u, "download_and_extract_archive", lambda *a, **k: pytest.fail("downloaded"))
     with pytest.raises(DataError, match="not found"):
-        load_dataset(DatasetConfig(download=False), str(tmp_path / "nowhere"))
+        load_dataset(DataSpec(download=False), str(tmp_path / "nowhere"))
 
 
 def test_download_failure_is_clear(tmp_path, monkeypatch):
@@ -146,7 +145,7 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
 
     monkeypatch.setattr(u, "download_and_extract_archive", no_network)
     with pytest.raises(DataError, match="download .* failed.*--data-root"):
-        load_dataset(DatasetConfig(download=True), str(tmp_path / "dl"))
+        load_dataset(DataSpec(download=True), str(tmp_path / "dl"))
 
 
 @pytest.mark.parametrize(
@@ -160,7 +159,7 @@ def test_download_failure_is_clear(tmp_path, monkeypatch):
 def test_wrong_arrays_name_the_file(tmp_path, bad, needle):
     root = _fake_root(tmp_path, bad=bad)
     with pytest.raises(DataError) as exc:
-        load_dataset(DatasetConfig(val_size=5), str(root))
+        load_dataset(DataSpec(val_size=5), str(root))
     assert needle in str(exc.value) and "cifar-100-python" in str(exc.value)
 
 
@@ -169,7 +168,7 @@ def test_truncated_file(tmp_path):
     f = root / "cifar-100-python" / "train"
     f.write_bytes(f.read_bytes()[:500])
     with pytest.raises(DataError, match="train.*truncated or corrupted"):
-        load_dataset(DatasetConfig(val_size=5), str(root))
+        load_dataset(DataSpec(val_size=5), str(root))
 
 
 class _Evil:
@@ -187,7 +186,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, capsys):
 
 @pytest.mark.realdata
 def test_real_data_split_and_balance(real_root):
-    data = load_dataset(DatasetConfig(), str(real_root))
+    data = load_dataset(DataSpec(), str(real_root))
     assert (len(data.train), len(data.val), len(data.test)) == (45000, 5000, 10000)
     counts = torch.bincount(torch.cat([data.train.y, data.val.y]), minlength=100)
     assert torch.all(counts == 500)

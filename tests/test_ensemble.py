@@ -10,9 +10,10 @@ import torch
 
 from benchmarks.reference import BottleneckNetRef
 from cifar100_func.runtime.checkpoint import load_file
+from cifar100_func.runtime.from_config import data_spec, pipeline
 from cifar100_func.config import load_config
 from cifar100_func.data.dataset import load_dataset
-from cifar100_func.data.loader import Pipeline, eval_batches
+from cifar100_func.data.loader import eval_batches
 
 FP64 = {"train": {"precision": "fp64", "epochs": 2}}
 
@@ -26,8 +27,8 @@ def _reference(sd: dict) -> BottleneckNetRef:
 def _oracle(sds: list[dict], config_path) -> dict:
     """Test metrics of each member and of the mean of their softmax, from the reference module, in float64."""
     cfg = load_config(config_path)
-    data = load_dataset(cfg.dataset)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, "cpu")
+    data = load_dataset(data_spec(cfg))
+    pipe = pipeline(cfg, "cpu")
     refs = [_reference(sd) for sd in sds]
     probs, ys = [[] for _ in refs], []
     with torch.no_grad():

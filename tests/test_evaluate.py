@@ -13,11 +13,12 @@ def _reference_accuracy(ref: torch.nn.Module, config_path) -> float:
     """The reference module's own eval-mode test accuracy on the config's data (the independent oracle)."""
     from cifar100_func.config import load_config
     from cifar100_func.data.dataset import load_dataset
-    from cifar100_func.data.loader import Pipeline, eval_batches
+    from cifar100_func.runtime.from_config import data_spec, pipeline
+    from cifar100_func.data.loader import eval_batches
 
     cfg = load_config(config_path)
-    data = load_dataset(cfg.dataset)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, "cpu")
+    data = load_dataset(data_spec(cfg))
+    pipe = pipeline(cfg, "cpu")
     ref.eval()
     with torch.no_grad():
         correct = sum((ref(x).argmax(1) == y).sum().item() for x, y in eval_batches(data.test, pipe, 64))

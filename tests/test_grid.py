@@ -11,13 +11,14 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from cifar100_func.commands import grid_search
+from cifar100_func.runtime.from_config import data_spec, pipeline
 
 from cifar100_func.runtime import trainer
 from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
 from cifar100_func.data.dataset import load_dataset
 from cifar100_func.core.hparams import Hyper
-from cifar100_func.data.loader import Pipeline, steps_per_epoch
+from cifar100_func.data.loader import steps_per_epoch
 from cifar100_func.runtime.loop import Plan, train, unstack
 
 DEV = torch.device("cpu")
@@ -26,7 +27,7 @@ CONFIGS = [(0.001, 0.0), (0.003, 5e-4), (0.01, 1e-3)]
 
 def _setup(tiny_config, extra=None):
     cfg = load_config(tiny_config(extra))
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(data_spec(cfg))
     return cfg, data, trainer.arch_from(cfg, data.num_classes)
 
 
@@ -34,11 +35,12 @@ def fit_stack(cfg, data, arch, members, epochs, *, shared_data, label_smoothing=
     """A stack of ``members`` ((lr, wd, seed) each) through the loop, as the grid builds it."""
     tc = cfg.train
     ls = [tc.label_smoothing] * len(members) if label_smoothing is None else label_smoothing
-    factors = trainer.lr_factors(cfg, steps_per_epoch(len(data.train), tc.batch_size), epochs)
-    plan = Plan(arch, [s for _, _, s in members], [Hyper(lr, wd, l) for (lr, wd, _), l in zip(members, ls)],
-                tc.optimizer, epochs, factors, shared_data=shared_data, guard=True, stacked=True, compile=compile)
+    hypers = [Hyper(lr, wd, l) for (lr, wd, _), l in zip(members, ls)]
+    fields = trainer.schedule_fields(cfg, hypers, steps_per_epoch(len(data.train), tc.batch_size), epochs)
+    plan = Plan(arch, [s for _, _, s in members], epochs=epochs, optimizers=fields["optimizers"],
+                shared_data=shared_data, guard=True, stacked=True, compile=compile)
     backend = Backend.create(cfg, DEV)
-    return train(plan, data, backend, Pipeline.create(cfg.preprocess, cfg.augment, DEV), batch_size=tc.batch_size,
+    return train(plan, data, backend, pipeline(cfg, DEV), batch_size=tc.batch_size,
                  eval_batch_size=tc.eval_batch_size, progress=False, log=lambda s: None)
 
 
@@ -197,10 +199,10 @@ def test_bf16_stack_runs_and_matches_single_models_loosely(tiny_config):
 ])
 def test_stacks_compile_only_when_it_pays(tiny_config, grid_compile, train_compile, n_steps, expected):
     """``grid.compile: null`` follows ``train.compile`` for runs of at least 200 steps; true/false force it; the
-    grid hands ``grid.compile`` to the loop's plan, which asks the backend."""
+    grid marks its plans as grid stacks and the backend's compile policy decides."""
     cfg, data, _ = _setup(tiny_config, {"train": {"compile": train_compile, "channels_last": True},
                                         "grid": {"compile": grid_compile}})
-    engine = Backend.create(cfg, DEV).engine(3, n_steps, cfg.grid.compile)
+    engine = Backend.create(cfg, DEV).engine(3, n_steps, grid=True)
     assert engine.compiled == expected
     # an eager stack on a CPU runs the per-model rules and channels-last batches; a compiled one vmap's own rules
     assert engine.per_model == (not expected) and engine.channels_last == (not expected)

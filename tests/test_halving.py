@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cifar100_func.commands import grid_search
+from cifar100_func.runtime.from_config import data_spec
 from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
 from cifar100_func.data.dataset import load_dataset
@@ -27,7 +28,7 @@ QUIET = dict(progress=False, log=lambda s: None)
 
 def _grid(tiny_config, extra):
     cfg = load_config(tiny_config(extra))
-    return cfg, load_dataset(cfg.dataset)
+    return cfg, load_dataset(data_spec(cfg))
 
 
 def _run(cfg, data, points=None, out_dir=None, **kw):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cifar100_func.commands import grid_search
+from cifar100_func.runtime.from_config import data_spec
 from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
 from cifar100_func.data.dataset import load_dataset
@@ -35,7 +36,7 @@ def ray_cluster(tmp_path_factory):
 
 def _rows(tiny_config, engine: str, out_dir=None):
     cfg = load_config(tiny_config(GRID), [f"grid.engine={engine}"])
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(data_spec(cfg))
     return grid_search.run_grid(cfg, data, Backend.create(cfg, torch.device("cpu")), grid_search.expand(cfg),
                                 out_dir, progress=False, log=lambda s: None)
 

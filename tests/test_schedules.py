@@ -1,4 +1,4 @@
-"""The lr schedules against torch.optim.lr_scheduler.OneCycleLR and CosineAnnealingLR."""
+"""The lr schedules against torch.optim.lr_scheduler.OneCycleLR, CosineAnnealingLR and ExponentialLR."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from cifar100_func.core import schedules
 from cifar100_func.config import SchedulerConfig
+from cifar100_func.runtime.recipe import lr_schedule
 
 REL = 1e-6
 
@@ -108,26 +109,42 @@ def test_constant():
     assert all(f(s) == 1.0 for s in (0, 1, 10, 10**6))
 
 
-# ------------------------------------------------------------------------------------- make_schedule
-def test_make_schedule_dispatch():
+# ------------------------------------------------------------------------------------------ exponential
+@pytest.mark.parametrize("total, start, end", [(71, 1e-7, 1.0), (10, 1e-3, 10.0), (2, 0.1, 0.01)])
+def test_exponential_matches_torch(total, start, end):
+    gamma = (end / start) ** (1 / (total - 1))
+    make = lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, gamma)  # noqa: E731
+    f = schedules.exponential(total, end / start)
+    _assert_close([f(s) * start for s in range(total)], _torch_lrs(make, total, start), "exponential", start)
+    assert f(0) == 1.0 and f(total - 1) * start == pytest.approx(end, rel=1e-12)
+
+
+def test_table_holds_each_steps_multiplier_in_float32():
+    f = schedules.onecycle(50)
+    t = schedules.table(f, 50)
+    assert t.dtype == torch.float32 and t.shape == (50,)
+    assert t.tolist() == [float(torch.tensor(f(s), dtype=torch.float64).float()) for s in range(50)]
+
+
+# ------------------------------------------------------------------------------------- from a config
+def test_lr_schedule_of_a_config():
     total, peak = 120, 0.02
     cfg = SchedulerConfig(name="onecycle", warmup_pct=0.3, div_factor=20.0, final_div_factor=100.0)
-    f = schedules.make_schedule(cfg, total)
+    f = lr_schedule(cfg, total)
     _assert_close([f(s) * peak for s in range(total)], _onecycle_ref(total, peak, 0.3, 20.0, 100.0),
-                  "make_schedule(onecycle)", peak)
+                  "lr_schedule(onecycle)", peak)
 
     cfg = SchedulerConfig(name="cosine", min_lr_ratio=0.05)
-    f = schedules.make_schedule(cfg, total)
+    f = lr_schedule(cfg, total)
     _assert_close([f(s) * peak for s in range(total + 1)], _cosine_ref(total, peak, 0.05),
-                  "make_schedule(cosine)", peak)
+                  "lr_schedule(cosine)", peak)
 
-    f = schedules.make_schedule(SchedulerConfig(name="none"), total)
-    assert all(f(s) == 1.0 for s in range(total))
+    assert lr_schedule(SchedulerConfig(name="none"), total) is None  # a constant lr
 
 
-def test_make_schedule_default_config():
+def test_lr_schedule_default_config():
     total, peak = 80, 0.01
     cfg = SchedulerConfig(name="onecycle")  # the defaults: 0.25, 25, 1e4
-    f = schedules.make_schedule(cfg, total)
+    f = lr_schedule(cfg, total)
     want = _onecycle_ref(total, peak, cfg.warmup_pct, cfg.div_factor, cfg.final_div_factor)
-    _assert_close([f(s) * peak for s in range(total)], want, "make_schedule(default onecycle)", peak)
+    _assert_close([f(s) * peak for s in range(total)], want, "lr_schedule(default onecycle)", peak)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cifar100_func.commands import lr_finder, sanity
+from cifar100_func.runtime.from_config import data_spec
 from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
 from cifar100_func.data.dataset import load_dataset
@@ -41,7 +42,7 @@ def _cfg(tiny_config, extra=None):
 
 def test_finder_stops_early_on_divergence_and_suggests_lrs(tiny_config):
     cfg = _cfg(tiny_config, {"lr_finder": {"seeds": 2, "start": 1e-4, "end": 1000.0}})
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(data_spec(cfg))
     res = lr_finder.find_lr(cfg, data, Backend.create(cfg, torch.device("cpu")))
     assert res["steps"] < res["planned_steps"] == 30
     assert "not finite" in res["stop_reason"] or "exceeded" in res["stop_reason"]
@@ -52,7 +53,7 @@ def test_finder_stops_early_on_divergence_and_suggests_lrs(tiny_config):
 def test_stacked_seeds_match_single_seed_runs(tiny_config):
     cfg = _cfg(tiny_config, {"lr_finder": {"seeds": 3, "start": 1e-5, "end": 1e-2, "max_steps": 6},
                              "train": {"precision": "fp64"}})
-    data = load_dataset(cfg.dataset)
+    data = load_dataset(data_spec(cfg))
     stacked = lr_finder.find_lr(cfg, data, Backend.create(cfg, torch.device("cpu")))
     import dataclasses
 

@@ -10,6 +10,7 @@ import torch
 
 from benchmarks.reference import BottleneckNetRef
 from cifar100_func.runtime import loop, trainer
+from cifar100_func.runtime.from_config import data_spec, pipeline
 from cifar100_func.config import load_config
 
 
@@ -122,13 +123,13 @@ def test_cuda_without_gpu_is_exit_2(run_cli, tiny_config):
 def test_initial_loss_on_real_data_is_ln100(real_root):
     from cifar100_func.core import model
     from cifar100_func.data.dataset import load_dataset
-    from cifar100_func.data.loader import Pipeline, train_batches
+    from cifar100_func.data.loader import train_batches
     from cifar100_func.core.seeding import generator
 
     cfg = load_config("configs/config.yaml", ["dataset.max_train=640"])
-    data = load_dataset(cfg.dataset, str(real_root))
+    data = load_dataset(data_spec(cfg), str(real_root))
     params, state = model.init(trainer.arch_from(cfg, 100), generator(42, "init"))
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, "cpu")
+    pipe = pipeline(cfg, "cpu")
     losses = []
     for x, y in train_batches(data.train, pipe, 64, 42, 0):
         logits, _ = model.apply(params, state, x, train=True)

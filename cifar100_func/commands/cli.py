@@ -67,15 +67,28 @@ def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequen
         return 130
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """Where a command runs, beside what it computes (its config): the ``--device`` choice and ``--data-root``.
+    The study hands its own to every stage it executes."""
+
+    device: str = "auto"
+    data_root: str | None = None
+
+
+def runtime(args: argparse.Namespace) -> Runtime:
+    return Runtime(args.device, args.data_root)
+
+
 @dataclass
 class Prepared:
-    """What a command has once its flags are read: config, backend (device and its choices), data (on the CPU),
-    output folder."""
+    """What a command has once set up: config, backend (device and its choices), data (on the CPU), output
+    folder (None: the command writes next to its input)."""
 
     cfg: Config
     backend: "Backend"
     data: "Dataset"
-    out_dir: Path
+    out_dir: Path | None
     tag: str  # "CIFAR-100 from ..." or a loud SYNTHETIC label, for the first line a command prints
 
     @property
@@ -83,20 +96,39 @@ class Prepared:
         return self.backend.device
 
 
-def prepare(args: argparse.Namespace, folder: str, adjust: Callable[[Config], Config] | None = None) -> Prepared:
-    """Config (with ``adjust`` applied), backend, data, and ``<runs_dir>/<folder>`` with the config snapshot."""
-    from ..runtime.backend import Backend, resolve_device
+def setup(cfg: Config, rt: Runtime, out_dir: Path | None) -> Prepared:
+    """The one set-up of every command: device, data, backend, and ``out_dir`` (created, with the config
+    snapshot)."""
     from ..config import save_snapshot
     from ..data.dataset import load_dataset
+    from ..runtime.backend import Backend, resolve_device
+    from ..runtime.from_config import data_spec
     from ..runtime.io import ensure_dir
 
-    cfg = load(args)
-    if adjust is not None:
-        cfg = adjust(cfg)
-    device = resolve_device(args.device)
-    data = load_dataset(cfg.dataset, args.data_root)
+    device = resolve_device(rt.device)
+    data = load_dataset(data_spec(cfg), rt.data_root)
     backend = Backend.create(cfg, device)
-    out_dir = ensure_dir(Path(cfg.paths.runs_dir) / folder)
-    save_snapshot(cfg, out_dir / "config.yaml")
+    if out_dir is not None:
+        ensure_dir(out_dir)
+        save_snapshot(cfg, out_dir / "config.yaml")
     tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
     return Prepared(cfg, backend, data, out_dir, tag)
+
+
+def check_writable(folders: Sequence[Path]) -> None:
+    """Create every output folder and write a file in each, before any work: a folder that cannot take the
+    outputs is one ``OutputError`` line now, not a traceback after hours of training."""
+    import os
+    import tempfile
+
+    from ..errors import OutputError
+    from ..runtime.io import ensure_dir
+
+    for folder in folders:
+        ensure_dir(Path(folder))
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"output folder {str(folder)!r} is not writable: {exc.strerror or exc}") from None

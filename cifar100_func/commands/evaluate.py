@@ -9,23 +9,26 @@ evaluated as one stack: the ensemble's metrics (mean of the members' softmax) an
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import cli
-from ..runtime.backend import Backend, resolve_device
-from ..runtime.checkpoint import load_members, tree_to
+from ..runtime.backend import Backend
+from ..runtime.checkpoint import load_members
+from ..core import trees
 from ..config import Config
-from ..data.dataset import Dataset, load_dataset
+from ..data.dataset import Dataset
 from ..errors import CheckpointError
 from ..runtime.io import atomic_write_json
-from ..data.loader import Pipeline
-from ..runtime.loop import evaluate, make_eval, stack_trees
+from ..runtime.from_config import pipeline
+from ..runtime.loop import evaluate, make_eval
 from ..report.plots import confusion_matrix_figure
-from ..core.step import cast_tree
+from ..core.step import precision_of
 
 
 def confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
@@ -36,8 +39,8 @@ def evaluate_test(params, state, data: Dataset, cfg: Config, backend: Backend, m
     """Test metrics plus confusion matrices (fine and coarse) for one model already on the backend's device, or,
     with ``members`` > 0, for the ensemble of a stack of that many (mean of their softmax), each member's metrics
     under ``"members"``."""
-    engine = backend.engine(members or None, 0, compile=False)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
+    engine = backend.engine(members or None, 0)
+    pipe = pipeline(cfg, backend.device)
     res = evaluate(make_eval(backend, engine, stacked=members > 0), engine.params(params), state, data.test, pipe,
                    cfg.train.eval_batch_size, engine, keep_predictions=True, ensemble=members > 0)
     true = data.test.y.cpu().numpy()
@@ -65,21 +68,42 @@ def evaluate_test(params, state, data: Dataset, cfg: Config, backend: Backend, m
     return out
 
 
-def run(cfg: Config, checkpoint: str | Path | None = None, *, device: str = "auto",
-        data_root: str | None = None) -> dict[str, Any]:
-    """The ``evaluate`` command on a :class:`Config`; the architecture comes from the checkpoint's shapes."""
+@dataclass(frozen=True)
+class EvalResult:
+    """The test metrics (``eval_test.json``) and the folder with them and the confusion matrices."""
+
+    metrics: dict
+    out_dir: Path
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        return {"fine": self.out_dir / "confusion_test.png", "coarse": self.out_dir / "confusion_test_coarse.png"}
+
+
+def load(checkpoint: Path) -> EvalResult:
+    """The result an earlier evaluation of ``checkpoint`` left (raises when it is missing or damaged)."""
+    out = Path(checkpoint).parent
+    metrics = json.loads((out / "eval_test.json").read_text())
+    if not isinstance(metrics, dict) or "test_accuracy" not in metrics:
+        raise ValueError(f"{out / 'eval_test.json'}: no test accuracy")
+    return EvalResult(metrics, out)
+
+
+def execute(cfg: Config, rt: cli.Runtime, checkpoint: str | Path | None = None) -> EvalResult:
+    """Evaluate ``checkpoint`` (default ``<artifacts_dir>/best.ckpt``) on the test split of ``cfg``'s data; the
+    architecture comes from the checkpoint's shapes. Writes beside the checkpoint."""
     path = Path(checkpoint or Path(cfg.paths.artifacts_dir) / "best.ckpt")
-    dev = resolve_device(device)
-    data = load_dataset(cfg.dataset, data_root)
+    run = cli.setup(cfg, rt, None)
+    dev, data, backend = run.device, run.data, run.backend
     models, meta, arch = load_members(path)
     if arch.num_classes != data.num_classes:
         raise CheckpointError(f"{path}: the model predicts {arch.num_classes} classes, the data set has "
                               f"{data.num_classes}")
-    backend = Backend.create(cfg, dev)
     n = len(models) if len(models) > 1 else 0
-    params, state = (stack_trees([p for p, _ in models]), stack_trees([s for _, s in models])) if n else models[0]
-    params, state = cast_tree(params, backend.precision), cast_tree(state, backend.precision)
-    result = evaluate_test(tree_to(params, dev), tree_to(state, dev), data.to(dev), cfg, backend, members=n)
+    params, state = (trees.stack([p for p, _ in models]), trees.stack([s for _, s in models])) if n else models[0]
+    prec = precision_of(backend.precision)
+    params, state = prec.params(params), prec.params(state)
+    result = evaluate_test(trees.to(params, dev), trees.to(state, dev), data.to(dev), cfg, backend, members=n)
     kind = "project checkpoint" if meta else "reference state_dict"
     result.update({
         "checkpoint": str(path),
@@ -106,14 +130,14 @@ def run(cfg: Config, checkpoint: str | Path | None = None, *, device: str = "aut
               f"{m['test_accuracy']:.4f}, top-5 {m['test_top5_accuracy']:.4f}")
     print("hardest classes: " + ", ".join(f"{name} {a:.2f}" for name, a in worst))
     print(f"wrote {out / 'eval_test.json'}, {out / 'confusion_test.png'}, {out / 'confusion_test_coarse.png'}")
-    return result
+    return EvalResult(result, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = cli.base_parser("cifar100-func evaluate", "Evaluate a checkpoint on the CIFAR-100 test split.")
     p.add_argument("--checkpoint", default=None, help="checkpoint or state_dict (default: <artifacts_dir>/best.ckpt)")
     args = p.parse_args(argv)
-    run(cli.load(args), args.checkpoint, device=args.device, data_root=args.data_root)
+    execute(cli.load(args), cli.runtime(args), args.checkpoint)
     return 0
 
 

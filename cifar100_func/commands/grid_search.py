@@ -204,21 +204,14 @@ def _cell(r: dict, c: str) -> Any:
     return r[c]
 
 
-def write_tables(rows: list[dict], out_dir: Path, synthetic: bool) -> None:
-    """``results.csv`` and ``results.md``: every configuration, the epoch it reached, its validation accuracy at
-    each rung, and whether it was pruned (halving) or diverged."""
-    rows = sorted(rows, key=lambda r: r["rank"])
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(COLUMNS)
-    for r in rows:
-        w.writerow([_cell(r, c) for c in COLUMNS])
-    atomic_write_text(out_dir / "results.csv", buf.getvalue())
+def results_markdown(rows: list[dict], synthetic: bool) -> str:
+    """The ranked table of every configuration: the epoch it reached, its validation accuracy at each rung, and
+    whether it was pruned (halving) or diverged (``results.md``, and the report's grid section)."""
     lines = ["# Grid search results" + (" (SYNTHETIC DATA)" if synthetic else ""), "",
              "| rank | lr | wd | ls | blocks | mid | params | epochs | val acc at each rung | pruned | best val acc | "
              "final val acc | final train acc | diverged |",
              "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["rank"]):
         rung = " / ".join(f"{100 * v:.2f}%" for v in r["rung_val_acc"])
         pruned = f"after rung {r['pruned_at_rung']}" if r["pruned"] else "no"
         lines.append(f"| {r['rank']} | {r['lr']:g} | {r['weight_decay']:g} | {r.get('label_smoothing', 0):g} | "
@@ -226,7 +219,82 @@ def write_tables(rows: list[dict], out_dir: Path, synthetic: bool) -> None:
                      f"{r['params']:,} | {r['epochs']:g} | {rung} | {pruned} | {100 * r['best_val_acc']:.2f}% | "
                      f"{100 * r['final_val_acc']:.2f}% | {100 * r['final_train_acc']:.2f}% | "
                      f"{'yes' if r['diverged'] else 'no'} |")
-    atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: list[dict], out_dir: Path, synthetic: bool) -> None:
+    """``results.csv`` and ``results.md`` (:func:`results_markdown`)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for r in sorted(rows, key=lambda r: r["rank"]):
+        w.writerow([_cell(r, c) for c in COLUMNS])
+    atomic_write_text(out_dir / "results.csv", buf.getvalue())
+    atomic_write_text(out_dir / "results.md", results_markdown(rows, synthetic))
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """Every configuration's row (ranked; its metrics under ``"history"``), as ``results.json`` holds them, and the
+    folder with the tables and figures."""
+
+    rows: list[dict]
+    out_dir: Path
+    synthetic: bool
+
+    @property
+    def winner(self) -> dict:
+        return min(self.rows, key=lambda r: r["rank"])
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        return {k: self.out_dir / f"grid_search_{k}.png" for k in ("train", "val", "heatmap")}
+
+
+def out_dir(cfg: Config) -> Path:
+    return Path(cfg.paths.runs_dir) / "grid_search"
+
+
+def load(cfg: Config) -> GridResult:
+    """The result an earlier run left (raises when it is missing or damaged)."""
+    d = out_dir(cfg)
+    rows = json.loads((d / "results.json").read_text())
+    if not rows or not all("rank" in r for r in rows):
+        raise ValueError(f"{d / 'results.json'}: no ranked rows")
+    return GridResult(rows, d, cfg.dataset.name == "synthetic")
+
+
+def execute(cfg: Config, rt: cli.Runtime, only: dict[str, Any] | None = None, force: bool = False) -> GridResult:
+    """Train the grid of ``cfg`` (the points ``only`` selects); writes ``<runs_dir>/grid_search/``; ``force``
+    trains every stack again (else finished ones are kept from their records)."""
+    points = select(expand(cfg), only or {})  # a bad filter fails before any work
+    out = out_dir(cfg)
+    cfg = grid_data(cfg)
+    run = cli.setup(cfg, rt, out)
+    device, data = run.device, run.data
+    print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | {len(points)} configurations, "
+          f"{cfg.grid.epochs} epochs ({cfg.grid.schedule}), "
+          f"{'independent' if cfg.grid.independent_seeds else 'shared'} seeds\n"
+          f"backend: {run.backend.header()}", flush=True)
+    t0 = time.perf_counter()
+    if cfg.grid.engine == "ray":
+        from ..grid.ray_engine import require_ray
+
+        require_ray()  # before any data reaches the device
+    rows = run_grid(cfg, data.to(device), run.backend, points, out, force=force, data_root=rt.data_root)
+    write_tables(rows, out, data.synthetic)
+    atomic_write_json(out / "results.json", rows)
+    from ..report.plots import grid_curves, grid_heatmaps
+
+    result = GridResult(rows, out, data.synthetic)
+    grid_curves(rows, "train", result.figures["train"], data.synthetic)
+    grid_curves(rows, "val", result.figures["val"], data.synthetic)
+    grid_heatmaps(rows, result.figures["heatmap"], data.synthetic)
+    best = result.winner
+    print(results_markdown(rows, data.synthetic))
+    print(f"best: {best['config']} (final val acc {best['final_val_acc']:.4f}); grid wall time "
+          f"{time.perf_counter() - t0:.0f}s; outputs in {out}")
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,30 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides.append(f"grid.engine={args.engine}")
     if args.address:
         args.overrides.append(f"grid.ray.address={args.address}")
-    points = select(expand(cli.load(args)), parse_only(args.only))  # a bad filter fails before any work
-    run = cli.prepare(args, "grid_search", adjust=grid_data)
-    cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
-    print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | {len(points)} configurations, "
-          f"{cfg.grid.epochs} epochs ({cfg.grid.schedule}), "
-          f"{'independent' if cfg.grid.independent_seeds else 'shared'} seeds\n"
-          f"backend: {run.backend.header()}", flush=True)
-    t0 = time.perf_counter()
-    if cfg.grid.engine == "ray":
-        from ..grid.ray_engine import require_ray
-
-        require_ray()  # before any data reaches the device
-    rows = run_grid(cfg, data.to(device), run.backend, points, out_dir, force=args.force, data_root=args.data_root)
-    write_tables(rows, out_dir, data.synthetic)
-    atomic_write_json(out_dir / "results.json", rows)
-    from ..report.plots import grid_curves, grid_heatmaps
-
-    grid_curves(rows, "train", out_dir / "grid_search_train.png", data.synthetic)
-    grid_curves(rows, "val", out_dir / "grid_search_val.png", data.synthetic)
-    grid_heatmaps(rows, out_dir / "grid_search_heatmap.png", data.synthetic)
-    best = min(rows, key=lambda r: r["rank"])
-    print((out_dir / "results.md").read_text())
-    print(f"best: {best['config']} (final val acc {best['final_val_acc']:.4f}); grid wall time "
-          f"{time.perf_counter() - t0:.0f}s; outputs in {out_dir}")
+    only = parse_only(args.only)
+    execute(cli.load(args), cli.runtime(args), only, force=args.force)
     return 0
 
 

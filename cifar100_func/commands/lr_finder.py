@@ -14,20 +14,24 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from . import cli
 from ..config import Config
 from ..data.dataset import Dataset
 from ..runtime.io import atomic_write_json, atomic_write_text
 from ..runtime.backend import Backend
-from ..core.hparams import Hyper
-from ..data.loader import Pipeline, steps_per_epoch
+from ..core import schedules
+from ..core.hparams import Scheduled
+from ..runtime import recipe
+from ..data.loader import steps_per_epoch
+from ..runtime.from_config import pipeline
 from ..runtime.events import Events
 from ..runtime.loop import Check, Hooks, Plan, train
 from ..runtime.trainer import arch_from
@@ -35,11 +39,15 @@ from ..runtime.trainer import arch_from
 CHECK_EVERY = 20  # steps between two looks at the losses: the run may go up to 19 steps past its stop, unused
 
 
+def sweep(start: float, end: float, steps: int) -> Scheduled:
+    """The range test's lr: ``start`` times an exponential schedule that ends at ``end`` after ``steps`` steps."""
+    return Scheduled(start, schedules.table(schedules.exponential(steps, end / start), steps))
+
+
 def lr_schedule(start: float, end: float, steps: int) -> np.ndarray:
-    """``steps`` learning rates, geometric from ``start`` to ``end`` (both included)."""
-    if steps == 1:
-        return np.array([start])
-    return start * (end / start) ** (np.arange(steps) / (steps - 1))
+    """The lrs of :func:`sweep` in float64 (the x axis of the analysis): geometric from ``start`` to ``end``."""
+    factor = schedules.exponential(steps, end / start)
+    return start * np.array([factor(i) for i in range(steps)])
 
 
 def smooth(losses: np.ndarray, beta: float) -> np.ndarray:
@@ -115,10 +123,9 @@ def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None 
         n_steps = min(n_steps, lf.max_steps)
     lrs = lr_schedule(lf.start, lf.end, n_steps)
     seeds = [tc.seed + s for s in range(lf.seeds)]
-    hyper = Hyper(1.0, tc.optimizer.weight_decay, tc.label_smoothing)  # the lr of step i is lrs[i] x 1.0
-    plan = Plan(arch_from(cfg, data.num_classes), seeds, [hyper] * len(seeds), tc.optimizer, 1,
-                torch.tensor(lrs, dtype=torch.float32), shared_data=len(seeds) == 1, guard=True, validate=False,
-                max_steps=n_steps)
+    opt = recipe.optimizer(tc, recipe.hyper(cfg), n_steps, lr=sweep(lf.start, lf.end, n_steps))
+    plan = Plan(arch_from(cfg, data.num_classes), seeds, [opt] * len(seeds), 1, shared_data=len(seeds) == 1,
+                guard=True, validate=False, max_steps=n_steps)
     stopped: dict = {}
 
     def check(c: Check) -> int | None:
@@ -128,7 +135,7 @@ def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None 
             return found[0]
         return None
 
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
+    pipe = pipeline(cfg, backend.device)
     hooks = Hooks(CHECK_EVERY, check)
     writer = None if events is None else Events([events / f"seed{s}" for s in seeds], plan, n_steps)
     try:
@@ -149,7 +156,7 @@ def find_lr(cfg: Config, data: Dataset, backend: Backend, progress: bool | None 
     return out
 
 
-def write_outputs(res: dict, out_dir: Path, synthetic: bool) -> None:
+def write_outputs(res: dict, out_dir: Path, synthetic: bool) -> dict:
     from ..report.plots import lr_finder_figure
 
     buf = io.StringIO()
@@ -169,22 +176,53 @@ def write_outputs(res: dict, out_dir: Path, synthetic: bool) -> None:
                     "num_seeds": k})
     atomic_write_json(out_dir / "lr_finder.json", summary)
     lr_finder_figure(res, out_dir / "lr_finder.png", synthetic)
+    return summary
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100-func lr_finder", "Learning-rate range test (several seeds stacked under vmap).")
-    run = cli.prepare(p.parse_args(argv), "lr_finder")
-    cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
+@dataclass(frozen=True)
+class LrFinderResult:
+    """The range test's summary (``lr_finder.json``: the two readings, steps, why it stopped) and its folder."""
+
+    summary: dict
+    out_dir: Path
+
+    @property
+    def figure(self) -> Path:
+        return self.out_dir / "lr_finder.png"
+
+
+def out_dir(cfg: Config) -> Path:
+    return Path(cfg.paths.runs_dir) / "lr_finder"
+
+
+def load(cfg: Config) -> LrFinderResult:
+    """The result an earlier run left (raises when it is missing or damaged)."""
+    d = out_dir(cfg)
+    return LrFinderResult(json.loads((d / "lr_finder.json").read_text()), d)
+
+
+def execute(cfg: Config, rt: cli.Runtime) -> LrFinderResult:
+    """Run the range test of ``cfg``; writes ``<runs_dir>/lr_finder/``."""
+    out = out_dir(cfg)
+    run = cli.setup(cfg, rt, out)
+    device, data = run.device, run.data
     print(f"{run.tag}: lr {cfg.lr_finder.start:g} -> {cfg.lr_finder.end:g}, {cfg.lr_finder.seeds} seeds stacked, "
           f"{cfg.train.optimizer.name}, wd {cfg.train.optimizer.weight_decay:g}\nbackend: {run.backend.header()}",
           flush=True)
-    res = find_lr(cfg, data.to(device), run.backend, events=out_dir / "tb" if cfg.paths.tensorboard else None)
-    write_outputs(res, out_dir, data.synthetic)
+    res = find_lr(cfg, data.to(device), run.backend, events=out / "tb" if cfg.paths.tensorboard else None)
+    summary = write_outputs(res, out, data.synthetic)
     print(f"stopped: {res['stop_reason']} after {res['steps']} of {res['planned_steps']} steps")
     if "upper_bound_lr" in res:
         print(f"steepest descent at lr {res['steepest_descent_lr']:.3g}; the loss bottoms out (upper bound) at lr "
               f"{res['upper_bound_lr']:.3g}\nrule: {res['rule']}")
-    print(f"wrote {out_dir / 'lr_finder.png'}, lr_finder.csv, lr_finder.json")
+    print(f"wrote {out / 'lr_finder.png'}, lr_finder.csv, lr_finder.json")
+    return LrFinderResult(summary, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.base_parser("cifar100-func lr_finder", "Learning-rate range test (several seeds stacked under vmap).")
+    args = p.parse_args(argv)
+    execute(cli.load(args), cli.runtime(args))
     return 0
 
 

@@ -7,8 +7,10 @@ parameter count, FLOPs per image, and ``augmented_samples.png``. Writes ``<runs_
 
 from __future__ import annotations
 
+import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -19,10 +21,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..core import augment as aug
 from . import cli
+from ..config import Config
 from ..core import model
 from ..data.dataset import Split
 from ..runtime.io import atomic_write_json
-from ..data.loader import Pipeline, train_batches
+from ..data.loader import train_batches
+from ..runtime.from_config import augmentation, pipeline
 from ..core.seeding import generator
 from ..runtime.trainer import arch_from
 
@@ -58,13 +62,35 @@ def flops_per_image(arch: model.Arch, batch: int = 2) -> dict[str, float]:
     return {"forward": fwd.get_total_flops() / batch, "forward_backward": both.get_total_flops() / batch}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = cli.base_parser("cifar100-func sanity", "Sanity checks before training (SPEC experiment 1).")
-    run = cli.prepare(p.parse_args(argv), "sanity")
-    cfg, device, data, out_dir = run.cfg, run.device, run.data, run.out_dir
+@dataclass(frozen=True)
+class SanityResult:
+    """The checks' numbers (``sanity.json``) and the folder with the figure of augmented samples."""
+
+    summary: dict
+    out_dir: Path
+
+    @property
+    def samples_figure(self) -> Path:
+        return self.out_dir / "augmented_samples.png"
+
+
+def out_dir(cfg: Config) -> Path:
+    return Path(cfg.paths.runs_dir) / "sanity"
+
+
+def load(cfg: Config) -> SanityResult:
+    """The result an earlier run left (raises when it is missing or damaged)."""
+    d = out_dir(cfg)
+    return SanityResult(json.loads((d / "sanity.json").read_text()), d)
+
+
+def execute(cfg: Config, rt: cli.Runtime) -> SanityResult:
+    """Run the checks of ``cfg``; writes ``<runs_dir>/sanity/``."""
+    run = cli.setup(cfg, rt, out_dir(cfg))
+    device, data, out = run.device, run.data, out_dir(cfg)
     k = data.num_classes
     arch = arch_from(cfg, k)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, "cpu")
+    pipe = pipeline(cfg, "cpu")
     x, y = next(train_batches(data.train, pipe, cfg.train.batch_size, cfg.train.seed, 0))
     params, state = model.init(arch, generator(cfg.train.seed, "init"))
     with torch.no_grad():
@@ -89,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "params": model.count_params(params),
         "flops_per_image": flops,
     }
-    atomic_write_json(out_dir / "sanity.json", result)
-    _samples_figure(cfg, data, out_dir)
+    atomic_write_json(out / "sanity.json", result)
+    _samples_figure(cfg, data, out)
     cc = result["class_counts"]
     print(("[SYNTHETIC DATA] " if data.synthetic else "") +
           f"splits: train {len(data.train)}, val {len(data.val)}, test {len(data.test)}; per-class counts "
@@ -102,7 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{b['uniform_random']['expected']:.4f} expected ({b['uniform_random']['measured']:.4f} drawn)")
     print(f"model blocks {list(arch.blocks)}, mid {arch.mid}: {result['params']:,} parameters, "
           f"{flops['forward'] / 1e9:.3f} GFLOP forward and {flops['forward_backward'] / 1e9:.3f} GFLOP forward+backward per image")
-    print(f"wrote {out_dir / 'sanity.json'} and {out_dir / 'augmented_samples.png'}")
+    print(f"wrote {out / 'sanity.json'} and {out / 'augmented_samples.png'}")
+    return SanityResult(result, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = cli.base_parser("cifar100-func sanity", "Sanity checks before training (SPEC experiment 1).")
+    args = p.parse_args(argv)
+    execute(cli.load(args), cli.runtime(args))
     return 0
 
 
@@ -111,7 +144,8 @@ def _samples_figure(cfg, data, out_dir: Path) -> None:
 
     n = min(cfg.sanity.num_samples, len(data.train))
     x = aug.to_float(data.train.x[:n])
-    draws = [aug.augment(x, aug.sample_params(n, cfg.augment, generator(cfg.train.seed, "samples", r)), cfg.augment)
+    settings = augmentation(cfg)
+    draws = [aug.augment(x, aug.sample_params(n, settings, generator(cfg.train.seed, "samples", r)), settings)
              for r in range(3)]
     to_img = lambda t: t.permute(0, 2, 3, 1).clamp(0, 1).numpy()  # noqa: E731
     names = [data.class_names[int(c)] for c in data.train.y[:n]]

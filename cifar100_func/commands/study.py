@@ -1,122 +1,186 @@
 """``cifar100-func study``: the whole study of SPEC.md in one command, then ``report/REPORT.md``.
 
 Stages, in order: sanity -> overfit -> lr_finder -> grid_search -> final (standard path) -> evaluate. Each stage
-is the project's own command, run in-process on the same config. A finished stage leaves
-``<runs_dir>/study/<stage>.json`` with a hash of the config it depends on; running the study again skips
-finished stages whose inputs did not change (``--force STAGE`` redoes one and every stage after it that uses
-its output), so an interrupted study continues where it stopped.
+is its command's ``execute`` on the same config; results pass on as values (the grid's winner goes into the final
+config, the final checkpoint to the evaluation, every result to the report). A finished stage leaves
+``<runs_dir>/study/<stage>.json``: the fingerprint of what it computed from (:mod:`..inputs`) and the fingerprints of
+the files its result is read back from. Running the study again reuses a stage whose input is unchanged and whose
+files are intact; anything else (a changed input, a missing or damaged file or marker, ``--force STAGE``) runs it
+again, so an interrupted study continues where it stopped. The final run is the study's own:
+``<runs_dir>/study/final`` and ``<artifacts_dir>/study/best.ckpt``; it never replaces another run's files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import cli, evaluate, grid_search, lr_finder, overfit, sanity, train
-from ..runtime.backend import resolve_device
-from ..config import Config, changed_keys
+from .. import inputs
+from ..config import Config
 from ..errors import CheckpointError
-from ..runtime.io import atomic_write_json, ensure_dir
+from ..fingerprint import fingerprint
+from ..runtime.io import atomic_write_json
 
-STAGES = ["sanity", "overfit", "lr_finder", "grid_search", "final", "evaluate"]
-COMMON = ["dataset", "preprocess", "train.seed", "train.batch_size", "train.eval_batch_size", "train.precision"]
-DEPENDS: dict[str, list[str]] = {
-    "sanity": COMMON + ["augment", "model", "sanity"],
-    "overfit": COMMON + ["overfit", "train.optimizer", "train.label_smoothing"],
-    "lr_finder": COMMON + ["augment", "model", "train.optimizer", "train.label_smoothing", "lr_finder"],
-    "grid_search": COMMON + ["augment", "train.optimizer", "train.scheduler", "train.label_smoothing", "hparams",
-                             "grid"],
-    "final": COMMON + ["augment", "model", "train", "study.final_from", "study.final_epochs", "study.final_seeds"],
-    "evaluate": COMMON,
-}
-USES = {"final": ["grid_search"], "evaluate": ["final"]}  # outputs a stage reads from an earlier one
+STAGES = list(inputs.STAGES)
+DAMAGED = (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError)  # a cached output that cannot be read
 
 
-def _pick(d: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        d = d[part]
-    return d
-
-
-def stage_hash(cfg: Config, stage: str, upstream: dict[str, str], data_source: str) -> str:
-    """Hash of the config keys ``stage`` depends on, the hashes of the stages it reads, and the data."""
-    d = cfg.to_dict()
-    payload = {k: _pick(d, k) for k in DEPENDS[stage]}
-    payload["_data"] = data_source
-    payload["_upstream"] = {s: upstream.get(s, "") for s in USES.get(stage, [])}
-    if stage == "final" and cfg.study.final_from == "config":
-        payload["_upstream"] = {}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-class Study:
-    """Runs the stages with caching; remembers wall times and hashes for the report."""
-
-    def __init__(self, cfg: Config, argv_common: list[str], force: set[str], log: Callable[[str], None] = print):
-        self.cfg = cfg
-        self.argv = argv_common
-        self.runs = Path(cfg.paths.runs_dir)
-        self.state_dir = ensure_dir(self.runs / "study")
-        self.force = force
-        self.log = log
-        self.hashes: dict[str, str] = {}
-        self.records: dict[str, dict] = {}
-        self.data_source = ""
-
-    def marker(self, stage: str) -> Path:
-        return self.state_dir / f"{stage}.json"
-
-    def done(self, stage: str, h: str) -> dict | None:
-        m = self.marker(stage)
-        if stage in self.force or not m.is_file():
-            return None
-        rec = json.loads(m.read_text())
-        return rec if rec.get("hash") == h and rec.get("finished") else None
-
-    def run(self, stage: str, fn: Callable[[], None]) -> None:
-        h = stage_hash(self.cfg, stage, self.hashes, self.data_source)
-        self.hashes[stage] = h
-        cached = self.done(stage, h)
-        if cached is not None:
-            self.log(f"== {stage}: up to date (hash {h}, {cached['seconds']:.0f}s when it ran), skipped")
-            self.records[stage] = {**cached, "cached": True}
-            return
-        for later in STAGES[STAGES.index(stage) + 1 :]:
-            if stage in USES.get(later, []):
-                self.force.add(later)  # its input is about to change
-        self.log(f"== {stage}: running (hash {h})")
-        t0 = time.perf_counter()
-        fn()
-        rec = {"stage": stage, "hash": h, "seconds": time.perf_counter() - t0, "finished": True,
-               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
-        atomic_write_json(self.marker(stage), rec)
-        self.records[stage] = {**rec, "cached": False}
-        self.log(f"== {stage}: done in {rec['seconds']:.0f}s")
-
-
-def _call(main: Callable[[list[str]], int], argv: list[str]) -> None:
-    code = main(argv)
-    if code:
-        raise SystemExit(code)
-
-
-def final_config(cfg: Config, runs: Path) -> Config:
-    """The final run's config: ``cfg`` with the grid's best configuration (when ``study.final_from: grid``) and
+def final_config(cfg: Config, winner: dict | None) -> Config:
+    """The final run's config: ``cfg`` with the grid's ``winner`` (its row; None: ``study.final_from: config``) and
     ``study.final_epochs`` swapped in."""
     tc = cfg.train
     epochs = cfg.study.final_epochs or tc.epochs
-    if cfg.study.final_from != "grid":
+    if winner is None:
         return replace(cfg, train=replace(tc, epochs=epochs))
-    rows = json.loads((runs / "grid_search" / "results.json").read_text())
-    best = min(rows, key=lambda r: r["rank"])
-    return replace(cfg, model=replace(cfg.model, blocks=tuple(best["blocks"]), bottleneck_mid=best["mid"]),
-                   train=replace(tc, epochs=epochs, label_smoothing=best.get("label_smoothing", tc.label_smoothing),
-                                 optimizer=replace(tc.optimizer, lr=best["lr"], weight_decay=best["weight_decay"])))
+    return replace(cfg, model=replace(cfg.model, blocks=tuple(winner["blocks"]), bottleneck_mid=winner["mid"]),
+                   train=replace(tc, epochs=epochs, label_smoothing=winner.get("label_smoothing", tc.label_smoothing),
+                                 optimizer=replace(tc.optimizer, lr=winner["lr"], weight_decay=winner["weight_decay"])))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the study writes: its markers and its own final run (never a ``train`` run's files)."""
+
+    runs: Path
+    artifacts: Path
+    report: Path
+    final_run = "study/final"  # the final run's name (its folder under runs_dir)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "Layout":
+        p = cfg.paths
+        return cls(Path(p.runs_dir), Path(p.artifacts_dir), Path(p.report_dir))
+
+    @property
+    def state(self) -> Path:
+        return self.runs / "study"
+
+    @property
+    def best_ckpt(self) -> Path:
+        return self.artifacts / "study" / "best.ckpt"
+
+
+def file_fingerprints(files: Sequence[Path]) -> dict[str, str | None]:
+    """The content fingerprint of each file (None when missing): what a marker remembers of a stage's outputs."""
+    import hashlib
+
+    out: dict[str, str | None] = {}
+    for f in files:
+        try:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+            out[str(f)] = h.hexdigest()[:16]
+        except OSError:
+            out[str(f)] = None
+    return out
+
+
+class Cache:
+    """Runs stages or reuses their results; remembers wall times and fingerprints for the report."""
+
+    def __init__(self, state: Path, force: set[str], log: Callable[[str], None] = print):
+        self.state, self.force, self.log = state, force, log
+        self.records: dict[str, dict] = {}
+
+    def marker(self, stage: str) -> Path:
+        return self.state / f"{stage}.json"
+
+    def _cached(self, stage: str, fp: str, files: Sequence[Path], load: Callable[[], Any]) -> tuple[Any, dict] | None:
+        if stage in self.force:
+            return None
+        try:
+            rec = json.loads(self.marker(stage).read_text())
+            if not (isinstance(rec, dict) and rec.get("fingerprint") == fp and rec.get("finished")):
+                return None
+            if rec.get("files") != file_fingerprints(files):
+                self.log(f"== {stage}: its outputs changed or went missing since it ran; running it again")
+                return None
+            return load(), rec
+        except FileNotFoundError:
+            return None
+        except DAMAGED as exc:
+            self.log(f"== {stage}: its cached output cannot be read ({type(exc).__name__}: {exc}); running it again")
+            return None
+
+    def stage(self, stage: str, value: Any, run: Callable[[], Any], load: Callable[[], Any],
+              files: Callable[[], Sequence[Path]]) -> Any:
+        """The result of ``stage`` computed from ``value``: reused when a finished run had the same fingerprint and
+        its ``files`` are as it left them, else ``run()`` (and its marker written)."""
+        fp = fingerprint(value)
+        hit = self._cached(stage, fp, files(), load)
+        if hit is not None:
+            result, rec = hit
+            self.log(f"== {stage}: up to date (fingerprint {fp}, {rec['seconds']:.0f}s when it ran), skipped")
+            self.records[stage] = {**rec, "cached": True}
+            return result
+        self.log(f"== {stage}: running (fingerprint {fp})")
+        t0 = time.perf_counter()
+        result = run()
+        rec = {"stage": stage, "fingerprint": fp, "seconds": time.perf_counter() - t0, "finished": True,
+               "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "files": file_fingerprints(files())}
+        atomic_write_json(self.marker(stage), rec)
+        self.records[stage] = {**rec, "cached": False}
+        self.log(f"== {stage}: done in {rec['seconds']:.0f}s")
+        return result
+
+
+def _final(fcfg: Config, rt: cli.Runtime, where: Layout, cache: Cache) -> train.TrainResult:
+    """The final run, in the study's own folders: continued when an earlier study was interrupted during it."""
+    run = dict(run_name=where.final_run, best_ckpt=where.best_ckpt, members=fcfg.study.final_seeds)
+    last = where.runs / where.final_run / "last.ckpt"
+    if last.is_file() and not cache.marker("final").exists() and "final" not in cache.force:
+        try:
+            return train.execute(fcfg, rt, resume=True, **run)
+        except CheckpointError as exc:  # the interrupted run had another config: start again
+            print(f"cannot resume the interrupted final run ({exc}); starting it again")
+    return train.execute(fcfg, rt, overwrite=True, **run)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    report: Path
+    final_config: Config
+    test: evaluate.EvalResult
+
+
+def execute(cfg: Config, rt: cli.Runtime, force: set[str] | None = None) -> StudyResult:
+    """Run (or reuse) every stage of the study on ``cfg`` and write the report."""
+    from ..report.report import StudyResults, write_report
+
+    where = Layout.of(cfg)
+    cli.check_writable([where.runs, where.state, where.best_ckpt.parent, where.report])
+    data_id = inputs.data_identity(cfg, rt.data_root)  # finds the data, or stops here, before any stage
+    cache = Cache(where.state, set(force or ()))
+    print(f"study profile '{cfg.study.profile}': {cfg.study.description}", flush=True)
+    out = lambda module: module.out_dir(cfg)  # noqa: E731
+    checks = cache.stage("sanity", inputs.sanity(cfg, data_id), lambda: sanity.execute(cfg, rt),
+                         lambda: sanity.load(cfg), lambda: [out(sanity) / "sanity.json"])
+    over = cache.stage("overfit", inputs.overfit(cfg, data_id), lambda: overfit.execute(cfg, rt),
+                       lambda: overfit.load(cfg), lambda: [out(overfit) / "overfit.json"])
+    finder = cache.stage("lr_finder", inputs.lr_finder(cfg, data_id), lambda: lr_finder.execute(cfg, rt),
+                         lambda: lr_finder.load(cfg), lambda: [out(lr_finder) / "lr_finder.json"])
+    grid = cache.stage("grid_search", inputs.grid(cfg, data_id),
+                       lambda: grid_search.execute(cfg, rt, force="grid_search" in cache.force),
+                       lambda: grid_search.load(cfg), lambda: [out(grid_search) / "results.json"])
+    fcfg = final_config(cfg, grid.winner if cfg.study.final_from == "grid" else None)
+    final = cache.stage("final", inputs.final(fcfg, data_id), lambda: _final(fcfg, rt, where, cache),
+                        lambda: train.load(where.runs / where.final_run, where.best_ckpt),
+                        lambda: [where.runs / where.final_run / "metrics.jsonl", where.best_ckpt])
+    checkpoint = file_fingerprints([where.best_ckpt])[str(where.best_ckpt)] or ""
+    test = cache.stage("evaluate", inputs.evaluate(fcfg, data_id, checkpoint),
+                       lambda: evaluate.execute(fcfg, rt, final.best_ckpt), lambda: evaluate.load(where.best_ckpt),
+                       lambda: [where.best_ckpt.parent / "eval_test.json"])
+    results = StudyResults(checks, over, finder, grid, final, test, cache.records)
+    path = write_report(cfg, fcfg, results, where.report)
+    print(f"report: {path}")
+    return StudyResult(path, fcfg, test)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -124,47 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--force", action="append", default=[], choices=STAGES, help="redo a stage (repeatable)")
     args = p.parse_args(argv)
     cfg = cli.load(args)
-    resolve_device(args.device)
-    common = ["--config", args.config, "--device", args.device] + [a for o in args.overrides for a in ("--set", o)]
-    if args.seed is not None:
-        common += ["--seed", str(args.seed)]
-    if args.data_root:
-        common += ["--data-root", args.data_root]
-    from ..data.dataset import load_dataset
+    from ..runtime.backend import resolve_device
 
-    data = load_dataset(cfg.dataset, args.data_root)  # fails early, clearly, when the data is missing
-    study = Study(cfg, common, set(args.force))
-    study.data_source = data.source
-    del data
-    print(f"study profile '{cfg.study.profile}': {cfg.study.description}", flush=True)
-    runs = Path(cfg.paths.runs_dir)
-    best = Path(cfg.paths.artifacts_dir) / "best.ckpt"
-    study.run("sanity", lambda: _call(sanity.main, common))
-    study.run("overfit", lambda: _call(overfit.main, common))
-    study.run("lr_finder", lambda: _call(lr_finder.main, common))
-    grid_force = ["--force"] if "grid_search" in study.force else []  # else finished stacks are kept
-    study.run("grid_search", lambda: _call(grid_search.main, common + grid_force))
-
-    def final() -> None:
-        final_cfg = final_config(cfg, runs)
-        interrupted = (runs / "final" / "last.ckpt").is_file() and not study.marker("final").is_file()
-        where = dict(device=args.device, data_root=args.data_root, run_name="final", members=cfg.study.final_seeds)
-        if interrupted and "final" not in study.force:
-            try:
-                train.run(final_cfg, resume=True, **where)
-                return
-            except CheckpointError as exc:  # the interrupted run had another config: start again
-                print(f"cannot resume the interrupted final run ({exc}); starting it again")
-        train.run(final_cfg, overwrite=True, **where)
-
-    study.run("final", final)
-    study.run("evaluate", lambda: evaluate.run(final_config(cfg, runs), best, device=args.device,
-                                               data_root=args.data_root))
-    from ..report.report import write_report
-
-    path = write_report(cfg, study.records, runs, Path(cfg.paths.artifacts_dir), Path(cfg.paths.report_dir),
-                        changed_keys(cfg, final_config(cfg, runs)))
-    print(f"report: {path}")
+    resolve_device(args.device)  # a device that is not there: one line, before anything else
+    execute(cfg, cli.runtime(args), set(args.force))
     return 0
 
 

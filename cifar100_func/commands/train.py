@@ -7,16 +7,15 @@ the best-by-validation checkpoint at ``<artifacts_dir>/best.ckpt``; ``--resume``
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from . import cli
-from ..runtime.backend import Backend, resolve_device
-from ..config import Config, save_snapshot
-from ..data.dataset import load_dataset
+from ..config import Config
 from ..errors import ConfigError, OutputError
-from ..runtime.io import ensure_dir
-from ..runtime.trainer import FitResult, RunFiles, fit
+from ..runtime.io import ensure_dir, read_jsonl
+from ..runtime.trainer import RunFiles, fit
 
 
 def parser():
@@ -29,46 +28,68 @@ def parser():
     return p
 
 
-def run(cfg: Config, *, device: str = "auto", data_root: str | None = None, run_name: str = "train",
-        resume: bool = False, overwrite: bool = False, members: int = 1) -> FitResult:
-    """The ``train`` command on a :class:`Config` (the study's final stage calls it with the grid's winner);
+@dataclass(frozen=True)
+class TrainResult:
+    """A finished training run: its folder (metrics, curves, ``last.ckpt``), the best-by-validation checkpoint,
+    the metrics of every epoch and where the best was."""
+
+    run_dir: Path
+    best_ckpt: Path
+    metrics: list[dict]
+    best_val_acc: float
+    best_epoch: int
+
+    @property
+    def figures(self) -> dict[str, Path]:
+        return {k: self.run_dir / f"{k}.png" for k in ("loss", "accuracy")}
+
+
+def load(run_dir: Path, best_ckpt: Path) -> TrainResult:
+    """The result an earlier run left (raises when its metrics or checkpoint are missing or damaged)."""
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    if not metrics or not best_ckpt.is_file():
+        raise FileNotFoundError(f"{run_dir}: no finished run with a checkpoint at {best_ckpt}")
+    best = max(metrics, key=lambda m: m["val_acc"])
+    return TrainResult(run_dir, best_ckpt, metrics, best["val_acc"], best["epoch"])
+
+
+def execute(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt: Path | None = None,
+            resume: bool = False, overwrite: bool = False, members: int = 1) -> TrainResult:
+    """Train ``cfg`` into ``<runs_dir>/<run_name>`` with the best checkpoint at ``best_ckpt`` (default
+    ``<artifacts_dir>/best.ckpt``); refuses to replace an earlier run unless ``resume`` or ``overwrite``;
     ``members`` > 1 trains a seed ensemble as one stack."""
     if members < 1:
         raise ConfigError(f"--ensemble {members}: must be at least 1")
     run_dir = Path(cfg.paths.runs_dir) / run_name
-    files = RunFiles(run_dir, Path(cfg.paths.artifacts_dir) / "best.ckpt", run_dir / "last.ckpt",
-                     run_dir / "tb" if cfg.paths.tensorboard else None)
-    assert files.last_ckpt is not None and files.best_ckpt is not None
+    best = Path(best_ckpt or Path(cfg.paths.artifacts_dir) / "best.ckpt")
+    files = RunFiles(run_dir, best, run_dir / "last.ckpt", run_dir / "tb" if cfg.paths.tensorboard else None)
+    assert files.last_ckpt is not None
     if resume and not files.last_ckpt.is_file():
         raise OutputError(f"--resume: no {files.last_ckpt} to continue from (start without --resume)")
     if not resume and not overwrite:
-        for existing in (run_dir / "metrics.jsonl", files.best_ckpt):
+        for existing in (run_dir / "metrics.jsonl", best):
             if existing.exists():
                 raise OutputError(
                     f"{existing} already exists: pass --resume to continue that run, --overwrite to replace it, "
                     "or choose other paths (--run-name, --set paths.artifacts_dir=...)")
-    dev = resolve_device(device)
-    data = load_dataset(cfg.dataset, data_root)
-    backend = Backend.create(cfg, dev)
-    ensure_dir(run_dir)
-    ensure_dir(files.best_ckpt.parent)
-    save_snapshot(cfg, run_dir / "config.yaml")
-    tag = "SYNTHETIC data (not CIFAR-100)" if data.synthetic else f"CIFAR-100 from {data.source}"
-    print(f"{tag}: train {len(data.train)}, val {len(data.val)} | blocks {list(cfg.model.blocks)}, mid "
+    run = cli.setup(cfg, rt, run_dir)
+    ensure_dir(best.parent)
+    data = run.data
+    print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | blocks {list(cfg.model.blocks)}, mid "
           f"{cfg.model.bottleneck_mid}, {cfg.train.optimizer.name} lr {cfg.train.optimizer.lr}, wd "
           f"{cfg.train.optimizer.weight_decay}, {cfg.train.epochs} epochs"
           + (f", an ensemble of {members} seeds stacked" if members > 1 else "")
-          + f"\nbackend: {backend.header()}", flush=True)
-    result = fit(cfg, data.to(dev), backend, files, resume=resume, run_name=run_name, members=members)
-    print(f"best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; checkpoint {files.best_ckpt}; "
+          + f"\nbackend: {run.backend.header()}", flush=True)
+    result = fit(cfg, data.to(run.device), run.backend, files, resume=resume, run_name=run_name, members=members)
+    print(f"best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch}; checkpoint {best}; "
           f"curves and metrics in {run_dir}")
-    return result
+    return TrainResult(run_dir, best, result.metrics, result.best_val_acc, result.best_epoch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    run(cli.load(args), device=args.device, data_root=args.data_root, run_name=args.run_name, resume=args.resume,
-        overwrite=args.overwrite, members=args.ensemble)
+    execute(cli.load(args), cli.runtime(args), run_name=args.run_name, resume=args.resume, overwrite=args.overwrite,
+            members=args.ensemble)
     return 0
 
 

@@ -3,7 +3,8 @@
 Order and semantics follow the reference pipeline ``RandomCrop(32, padding=4) -> RandomHorizontalFlip ->
 ColorJitter -> ToTensor -> Normalize`` with torchvision's maths, but on a whole batch of float images in
 [0, 1] at once. Parameters are drawn on the CPU from an explicit generator (so a seed gives the same images
-on every device) and then applied with pure tensor functions, each testable on its own.
+on every device) and then applied with pure tensor functions, each testable on its own. The settings come in as
+an :class:`Augmentation` (plain values, no config schema).
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import AugmentConfig
-
 GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The augmentation's settings: crop padding, flip probability, colour-jitter strengths (0: off), on or off."""
+
+    enabled: bool = True
+    crop_padding: int = 4
+    hflip_p: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -35,22 +47,22 @@ class AugmentParams:
         return AugmentParams(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 
-def sample_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> AugmentParams:
+def sample_params(n: int, settings: Augmentation, generator: torch.Generator) -> AugmentParams:
     """Draw parameters for ``n`` images as torchvision's RandomCrop/RandomHorizontalFlip/ColorJitter do."""
     g = generator
 
     def factor(strength: float) -> torch.Tensor:
         return 1.0 + strength * (2.0 * torch.rand(n, generator=g) - 1.0)
 
-    pad = cfg.crop_padding
+    pad = settings.crop_padding
     return AugmentParams(
         top=torch.randint(0, 2 * pad + 1, (n,), generator=g),
         left=torch.randint(0, 2 * pad + 1, (n,), generator=g),
-        flip=torch.rand(n, generator=g) < cfg.hflip_p,
-        brightness=factor(cfg.brightness),
-        contrast=factor(cfg.contrast),
-        saturation=factor(cfg.saturation),
-        hue=cfg.hue * (2.0 * torch.rand(n, generator=g) - 1.0),
+        flip=torch.rand(n, generator=g) < settings.hflip_p,
+        brightness=factor(settings.brightness),
+        contrast=factor(settings.contrast),
+        saturation=factor(settings.saturation),
+        hue=settings.hue * (2.0 * torch.rand(n, generator=g) - 1.0),
         order=torch.argsort(torch.rand(n, 4, generator=g), dim=1),
     )
 
@@ -189,8 +201,8 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
-def augment(x: torch.Tensor, p: AugmentParams, cfg: AugmentConfig) -> torch.Tensor:
+def augment(x: torch.Tensor, p: AugmentParams, settings: Augmentation) -> torch.Tensor:
     """Crop, flip and colour-jitter a float batch in [0, 1] with the given per-image parameters."""
-    x = random_crop(x, p.top, p.left, cfg.crop_padding)
+    x = random_crop(x, p.top, p.left, settings.crop_padding)
     x = hflip(x, p.flip)
     return color_jitter(x, p)

@@ -1,10 +1,12 @@
 """Optimisers as small composable pure transforms, in the optax style.
 
 A :class:`Transform` maps the gradients (a list of leaves, in ``tree_flatten`` order of the params) to updates:
-``init(params) -> state`` and ``update(updates, state, params, hp) -> (updates, state)``, states are NamedTuples.
-:func:`chain` composes them; :class:`Optimizer` wraps a chain for parameter trees and applies the updates.
-Hyper-parameters that a stack varies per model (``lr``, ``weight_decay``) come in ``hp`` as tensors, so the same
-update runs for K stacked models under ``torch.func.vmap`` with one value per model.
+``init(params) -> state`` and ``update(updates, state, params) -> (updates, state)``, states are NamedTuples.
+:func:`chain` composes them. An :class:`Optimizer` is ``optax.inject_hyperparams`` on parameter trees: its
+hyper-parameters (lr, weight decay, momentum, and the loss's label smoothing), constants or schedules, live in its
+state (:mod:`.hparams`) with the step count, and each step builds the chain from the values of that step, so
+``update(grads, state, params) -> (new_params, state)`` needs nothing else. K models with different values are K
+states stacked: the same update runs under ``torch.func.vmap`` with one value per model.
 
 Eagerly on unbatched tensors the leaf loops are ``torch._foreach_*`` kernels (one launch for all leaves instead of
 one per leaf); under ``vmap`` (no batching rules for them) and while ``torch.compile`` traces (inductor fuses the
@@ -13,24 +15,27 @@ loop itself) they are plain per-leaf ops. The maths equals ``torch.optim`` (test
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from ..config import OptimizerConfig
+from . import hparams
+from ..torch_private import inside_functorch
+from .hparams import Value
 
 Leaves = list[Tensor]
-Hparams = dict[str, Tensor]
+Scalar = Tensor | float
 
 
 class Transform(NamedTuple):
-    """``init(params) -> state``; ``update(updates, state, params, hp) -> (updates, state)`` (lists of leaves)."""
+    """``init(params) -> state``; ``update(updates, state, params) -> (updates, state)`` (lists of leaves)."""
 
     init: Callable[[Leaves], Any]
-    update: Callable[[Leaves, Any, Leaves, Hparams], tuple[Leaves, Any]]
+    update: Callable[[Leaves, Any, Leaves], tuple[Leaves, Any]]
 
 
 class EmptyState(NamedTuple):
@@ -47,19 +52,24 @@ class TraceState(NamedTuple):
     trace: Leaves
 
 
+class OptState(NamedTuple):
+    hyper: hparams.HyperState  # the step count and every hyper-parameter of the model
+    inner: Any  # the chain's state
+
+
 # ------------------------------------------------------------------------------------- leaf-list maths
 def _fusable(xs: Leaves) -> bool:
     """Whether ``torch._foreach_*`` can run over ``xs``: eager, and not inside a functorch transform."""
     if not xs or torch.compiler.is_compiling():
         return False
-    return not torch._C._functorch.is_functorch_wrapped_tensor(xs[0])
+    return not inside_functorch(xs[0])
 
 
-def _scale(xs: Leaves, s: Tensor | float) -> Leaves:
+def _scale(xs: Leaves, s: Scalar) -> Leaves:
     return list(torch._foreach_mul(xs, s)) if _fusable(xs) else [x * s for x in xs]
 
 
-def _axpy(xs: Leaves, ys: Leaves, a: Tensor | float) -> Leaves:
+def _axpy(xs: Leaves, ys: Leaves, a: Scalar) -> Leaves:
     """``x + a * y`` leaf by leaf."""
     if _fusable(xs):
         return list(torch._foreach_add(xs, torch._foreach_mul(ys, a)))
@@ -73,16 +83,16 @@ def matrices_only(p: Tensor) -> bool:
     return p.ndim > 1
 
 
-def add_decayed_weights(mask: Callable[[Tensor], bool] | None = None) -> Transform:
-    """``u + wd * p`` with ``wd = hp["weight_decay"]``: coupled L2 before a rescaling, decoupled decay after it;
-    with ``mask``, only for the leaves it accepts (optax's ``masked``)."""
+def add_decayed_weights(weight_decay: Scalar, mask: Callable[[Tensor], bool] | None = None) -> Transform:
+    """``u + weight_decay * p``: coupled L2 before a rescaling, decoupled decay after it; with ``mask``, only for
+    the leaves it accepts (optax's ``masked``)."""
 
-    def update(u: Leaves, state: EmptyState, params: Leaves, hp: Hparams) -> tuple[Leaves, EmptyState]:
+    def update(u: Leaves, state: EmptyState, params: Leaves) -> tuple[Leaves, EmptyState]:
         if mask is None:
-            return _axpy(u, params, hp["weight_decay"]), state
+            return _axpy(u, params, weight_decay), state
         idx = [i for i, p in enumerate(params) if mask(p)]
         out = list(u)
-        for i, d in zip(idx, _axpy([u[i] for i in idx], [params[i] for i in idx], hp["weight_decay"])):
+        for i, d in zip(idx, _axpy([u[i] for i in idx], [params[i] for i in idx], weight_decay)):
             out[i] = d
         return out, state
 
@@ -97,7 +107,7 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Tran
         count = torch.zeros((), device=params[0].device) if params else torch.zeros(())
         return AdamState(count, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
 
-    def update(u: Leaves, state: AdamState, params: Leaves, hp: Hparams) -> tuple[Leaves, AdamState]:
+    def update(u: Leaves, state: AdamState, params: Leaves) -> tuple[Leaves, AdamState]:
         count = state.count + 1
         t = count.double()
         inv_bc1 = (1.0 / (1 - b1**t)).float()
@@ -116,26 +126,24 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Tran
     return Transform(init, update)
 
 
-def scale_by_momentum(momentum: float = 0.9, nesterov: bool = True) -> Transform:
-    """Heavy-ball or Nesterov momentum as ``torch.optim.SGD`` (dampening 0): ``b = momentum * b + u``; the
-    momentum of the step is ``hp["momentum"]`` when the schedule cycles it, else ``momentum``."""
+def scale_by_momentum(momentum: Scalar = 0.9, nesterov: bool = True) -> Transform:
+    """Heavy-ball or Nesterov momentum as ``torch.optim.SGD`` (dampening 0): ``b = momentum * b + u``."""
 
     def init(params: Leaves) -> TraceState:
         return TraceState([torch.zeros_like(p) for p in params])
 
-    def update(u: Leaves, state: TraceState, params: Leaves, hp: Hparams) -> tuple[Leaves, TraceState]:
-        momentum_ = hp.get("momentum", momentum)
-        trace = _axpy(u, state.trace, momentum_)
-        return (_axpy(u, trace, momentum_) if nesterov else trace), TraceState(trace)
+    def update(u: Leaves, state: TraceState, params: Leaves) -> tuple[Leaves, TraceState]:
+        trace = _axpy(u, state.trace, momentum)
+        return (_axpy(u, trace, momentum) if nesterov else trace), TraceState(trace)
 
     return Transform(init, update)
 
 
-def scale_by_lr() -> Transform:
-    """``-lr * u`` with ``lr = hp["lr"]`` (the schedule has already scaled it for this step)."""
+def scale_by_lr(lr: Scalar) -> Transform:
+    """``-lr * u``."""
 
-    def update(u: Leaves, state: EmptyState, params: Leaves, hp: Hparams) -> tuple[Leaves, EmptyState]:
-        return _scale(u, -hp["lr"]), state
+    def update(u: Leaves, state: EmptyState, params: Leaves) -> tuple[Leaves, EmptyState]:
+        return _scale(u, -lr), state
 
     return Transform(lambda params: EmptyState(), update)
 
@@ -146,50 +154,81 @@ def chain(*transforms: Transform) -> Transform:
     def init(params: Leaves) -> tuple:
         return tuple(t.init(params) for t in transforms)
 
-    def update(u: Leaves, state: tuple, params: Leaves, hp: Hparams) -> tuple[Leaves, tuple]:
+    def update(u: Leaves, state: tuple, params: Leaves) -> tuple[Leaves, tuple]:
         new_state = []
         for t, s in zip(transforms, state):
-            u, s = t.update(u, s, params, hp)
+            u, s = t.update(u, s, params)
             new_state.append(s)
         return u, tuple(new_state)
 
     return Transform(init, update)
 
 
+def adam_chain(lr: Scalar, weight_decay: Scalar, *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+               decoupled: bool = False, decay_mask: Callable[[Tensor], bool] | None = None) -> Transform:
+    """Adam with coupled L2 weight decay (``torch.optim.Adam``), or decoupled decay (``AdamW``)."""
+    decay = add_decayed_weights(weight_decay, decay_mask)
+    if decoupled:
+        return chain(scale_by_adam(*betas, eps), decay, scale_by_lr(lr))
+    return chain(decay, scale_by_adam(*betas, eps), scale_by_lr(lr))
+
+
+def sgd_chain(lr: Scalar, weight_decay: Scalar, momentum: Scalar, *, nesterov: bool = True,
+              decay_mask: Callable[[Tensor], bool] | None = None) -> Transform:
+    """SGD with (Nesterov) momentum and coupled L2 weight decay (``torch.optim.SGD``, dampening 0)."""
+    return chain(add_decayed_weights(weight_decay, decay_mask), scale_by_momentum(momentum, nesterov),
+                 scale_by_lr(lr))
+
+
 # ------------------------------------------------------------------------------------- on parameter trees
 @dataclass(frozen=True)
 class Optimizer:
-    """A transform applied to parameter trees: ``update(grads, state, params, hp) -> (new_params, new_state)``."""
+    """``optax.inject_hyperparams(factory)(**hyper)`` on parameter trees, with the loss's hyper-parameters
+    (``loss``, e.g. label smoothing) in the same state: ``init(params) -> state``, ``update(grads, state, params)
+    -> (new_params, state)``; :meth:`hyperparams` gives the values of the step about to run.
 
-    transform: Transform
+    ``factory(**values) -> Transform`` builds the chain from this step's values (tensors); ``hyper`` are its
+    keyword hyper-parameters, constants or :class:`.hparams.Scheduled`. The update reads the values only from the
+    state, so one Optimizer's update serves any stack of states built like it (the same names, schedules of the
+    same length)."""
 
-    def init(self, params: Any) -> Any:
-        return self.transform.init(tree_flatten(params)[0])
+    factory: Callable[..., Transform]
+    hyper: Mapping[str, Value]
+    loss: Mapping[str, Value] = field(default_factory=dict)
 
-    def update(self, grads: Any, state: Any, params: Any, hp: Hparams) -> tuple[Any, Any]:
+    def init(self, params: Any) -> OptState:
+        h = hparams.init({**self.hyper, **self.loss})
+        return OptState(h, self._transform(hparams.at(h)).init(tree_flatten(params)[0]))
+
+    def hyperparams(self, state: OptState, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        return hparams.at(state.hyper, names)
+
+    def update(self, grads: Any, state: OptState, params: Any) -> tuple[Any, OptState]:
+        values = hparams.at(state.hyper)
         p, spec = tree_flatten(params)
-        updates, state = self.transform.update(tree_flatten(grads)[0], state, p, hp)
+        updates, inner = self._transform(values).update(tree_flatten(grads)[0], state.inner, p)
         new = list(torch._foreach_add(p, updates)) if _fusable(p) else [a + b for a, b in zip(p, updates)]
-        return tree_unflatten(new, spec), state
+        return tree_unflatten(new, spec), OptState(hparams.advance(state.hyper, values), inner)
+
+    def _transform(self, values: dict[str, Tensor]) -> Transform:
+        return self.factory(**{k: values[k] for k in self.hyper})
 
 
-def adam(betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *, decoupled: bool = False,
-         decay_mask: Callable[[Tensor], bool] | None = None) -> Optimizer:
-    """Adam with coupled L2 weight decay (``torch.optim.Adam``), or decoupled decay (``AdamW``)."""
-    if decoupled:
-        return Optimizer(chain(scale_by_adam(*betas, eps), add_decayed_weights(decay_mask), scale_by_lr()))
-    return Optimizer(chain(add_decayed_weights(decay_mask), scale_by_adam(*betas, eps), scale_by_lr()))
+def last_hyperparams(state: OptState) -> dict[str, Tensor]:
+    """The values the last step used (a stack's: (K,) each): what a log reports as the lr of a step."""
+    return state.hyper.hyperparams
 
 
-def sgd(momentum: float = 0.9, nesterov: bool = True, *,
-        decay_mask: Callable[[Tensor], bool] | None = None) -> Optimizer:
-    """SGD with (Nesterov) momentum and coupled L2 weight decay (``torch.optim.SGD``, dampening 0)."""
-    return Optimizer(chain(add_decayed_weights(decay_mask), scale_by_momentum(momentum, nesterov), scale_by_lr()))
+def adam(lr: Value, weight_decay: Value = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
+         decoupled: bool = False, decay_mask: Callable[[Tensor], bool] | None = None,
+         loss: Mapping[str, Value] | None = None) -> Optimizer:
+    """Adam (``torch.optim.Adam``) or, ``decoupled``, AdamW, with its lr and weight decay in the state."""
+    factory = partial(adam_chain, betas=tuple(betas), eps=eps, decoupled=decoupled, decay_mask=decay_mask)
+    return Optimizer(factory, {"lr": lr, "weight_decay": weight_decay}, dict(loss or {}))
 
 
-def make_optimizer(cfg: OptimizerConfig) -> Optimizer:
-    mask = None if cfg.decay_norm_and_bias else matrices_only
-    if cfg.name == "sgd":
-        return sgd(cfg.momentum, cfg.nesterov, decay_mask=mask)
-    return adam(cfg.betas, cfg.eps, decoupled=cfg.name == "adamw", decay_mask=mask)
-
+def sgd(lr: Value, weight_decay: Value = 0.0, momentum: Value = 0.9, nesterov: bool = True, *,
+        decay_mask: Callable[[Tensor], bool] | None = None, loss: Mapping[str, Value] | None = None) -> Optimizer:
+    """SGD with (Nesterov) momentum (``torch.optim.SGD``), with its lr, weight decay and momentum in the state."""
+    factory = partial(sgd_chain, nesterov=nesterov, decay_mask=decay_mask)
+    return Optimizer(factory, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum}, dict(loss or {}))

@@ -1,8 +1,10 @@
-"""Learning-rate schedules as pure functions of the step: ``factor(step) -> multiplier of the peak lr``.
+"""Schedules as pure functions of the step count: ``factor(step) -> multiplier of a base value``.
 
-A multiplier (not an absolute lr) lets K stacked models with different peak lrs share one schedule.
-``onecycle`` (and its momentum cycle, absolute values) and ``cosine`` follow ``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing, two phases)
-and ``CosineAnnealingLR``; tests compare them.
+A hyper-parameter that a schedule varies is ``base * factor(step)`` (:class:`.hparams.Scheduled`, the multipliers
+of every step as one :func:`table` in the optimiser's state), so K stacked models with different peak lrs follow
+one schedule. ``onecycle`` (and its momentum cycle, multipliers of 1) and ``cosine`` follow
+``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing, two phases) and ``CosineAnnealingLR``; tests compare
+them. ``exponential`` is the LR range test's geometric sweep.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import math
 from typing import Callable
 
 import torch
-
-from ..config import SchedulerConfig
 
 Schedule = Callable[[int], float]
 
@@ -56,23 +56,14 @@ def onecycle_momentum(total_steps: int, warmup_pct: float = 0.25, base: float = 
     return _two_phase(total_steps, warmup_pct, peak, base, peak)
 
 
-def make_schedule(cfg: SchedulerConfig, total_steps: int) -> Schedule:
-    if cfg.name == "cosine":
-        return cosine(total_steps, cfg.min_lr_ratio)
-    if cfg.name == "onecycle":
-        return onecycle(total_steps, cfg.warmup_pct, cfg.div_factor, cfg.final_div_factor)
-    return constant()
+def exponential(total_steps: int, end_ratio: float) -> Schedule:
+    """Geometric from 1 at step 0 to ``end_ratio`` at step ``total_steps - 1`` (an lr range test's sweep)."""
+    if total_steps <= 1:
+        return constant()
+    return lambda step: end_ratio ** (step / (total_steps - 1))
 
 
-def momentum_table(cfg: SchedulerConfig, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """The momentum of every step when ``cfg.cycle_momentum`` (one-cycle with SGD), else None (the optimiser's)."""
-    if not (cfg.cycle_momentum and cfg.name == "onecycle"):
-        return None
-    return schedule_table(onecycle_momentum(total_steps, cfg.warmup_pct, cfg.base_momentum, cfg.max_momentum),
-                          total_steps, device)
-
-
-def schedule_table(schedule: Schedule, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The multipliers of steps 0 .. total_steps-1 as one float32 tensor on ``device``, computed once on the host,
-    so that a training loop reads step ``g``'s multiplier as ``table[g]`` without host work per step."""
+def table(schedule: Schedule, total_steps: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The multipliers of steps 0 .. total_steps-1 as one float32 tensor on ``device``, computed once on the host
+    (in float64), so that a step reads step ``g``'s multiplier as ``table[g]`` without host work."""
     return torch.tensor([schedule(g) for g in range(total_steps)], dtype=torch.float64).float().to(device)

@@ -1,15 +1,14 @@
 """The pure training and evaluation steps, written for one model (``torch.func.vmap`` makes them a stack).
 
-``make_train_step`` returns ``step(params, state, opt_state, hp, x, y) -> (params, state, opt_state, loss,
-correct)``: the gradient of the pure loss (``torch.func.grad_and_value``) and the optimiser's update. ``hp`` is
-the model's row of the hyper-parameter table (:mod:`.hparams`): lr (already scaled by the schedule), weight decay,
-label smoothing. :func:`guarded` rejects a step whose loss or new weights are not finite (a stack freezes a
-diverged member instead of letting it stop the others).
+``make_train_step`` returns ``step(params, state, opt_state, x, y) -> (params, state, opt_state, loss, correct)``:
+the gradient of the pure loss (``torch.func.grad_and_value``) and the optimiser's update. Every hyper-parameter
+(lr, weight decay, momentum, label smoothing) comes from ``opt_state`` (:mod:`.hparams`). Numeric precision is a
+:class:`.precision.Precision`. :func:`guarded` rejects a step whose loss or new weights are not finite (a stack
+freezes a diverged member instead of letting it stop the others).
 """
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Callable
 
 import torch
@@ -19,22 +18,15 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from . import model
 from .optim import Optimizer
+from .precision import PRECISIONS, Precision
 
 TrainStep = Callable[..., tuple[Any, Any, Any, Tensor, Tensor]]
+FP32 = PRECISIONS["fp32"]
 
 
-def autocast(precision: str, device_type: str):
-    """bf16 autocast for ``precision == "bf16"``, a no-op context otherwise."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def cast_tree(tree: Any, precision: str) -> Any:
-    """Floating-point leaves to float64 for ``precision == "fp64"`` (numerical checks); unchanged otherwise."""
-    if precision != "fp64":
-        return tree
-    return tree_map(lambda t: t.double() if t.is_floating_point() else t, tree)
+def precision_of(p: Precision | str) -> Precision:
+    """A :class:`Precision` from itself or its name (``"fp32"``, ``"bf16"``, ``"fp64"``)."""
+    return PRECISIONS[p] if isinstance(p, str) else p
 
 
 def cross_entropy(logits: Tensor, y: Tensor, label_smoothing: Tensor | float = 0.0) -> Tensor:
@@ -46,33 +38,33 @@ def cross_entropy(logits: Tensor, y: Tensor, label_smoothing: Tensor | float = 0
     return nll + label_smoothing * (uniform - nll)
 
 
-def make_train_step(optimizer: Optimizer, *, precision: str = "fp32", device_type: str = "cpu") -> TrainStep:
+def make_train_step(optimizer: Optimizer, *, precision: Precision = FP32, device_type: str = "cpu") -> TrainStep:
+    precision = precision_of(precision)
+
     def loss_fn(params, state, x, y, label_smoothing):
-        if precision == "fp64":
-            x = x.double()
-        with autocast(precision, device_type):
-            logits, new_state = model.apply(params, state, x, train=True)
-        logits = logits.double() if precision == "fp64" else logits.float()
+        with precision.autocast(device_type):
+            logits, new_state = model.apply(params, state, precision.inputs(x), train=True)
+        logits = precision.outputs(logits)
         loss = cross_entropy(logits, y, label_smoothing)
         correct = (logits.argmax(dim=-1) == y).sum()
         return loss, (new_state, correct)
 
-    def step(params, state, opt_state, hp, x, y):
-        grads, (loss, (new_state, correct)) = grad_and_value(loss_fn, has_aux=True)(
-            params, state, x, y, hp["label_smoothing"])
-        new_params, new_opt_state = optimizer.update(grads, opt_state, params, hp)
+    def step(params, state, opt_state, x, y):
+        smoothing = optimizer.hyperparams(opt_state, ["label_smoothing"]).get("label_smoothing", 0.0)
+        grads, (loss, (new_state, correct)) = grad_and_value(loss_fn, has_aux=True)(params, state, x, y, smoothing)
+        new_params, new_opt_state = optimizer.update(grads, opt_state, params)
         return new_params, new_state, new_opt_state, loss.detach(), correct
 
     return step
 
 
 def guarded(step: TrainStep) -> Callable:
-    """``(P, S, O, H, x, y, active) -> (P, S, O, loss, correct, active)``: the step, except that a model whose loss
+    """``(P, S, O, x, y, active) -> (P, S, O, loss, correct, active)``: the step, except that a model whose loss
     or new weights are not finite, or that is no longer ``active``, keeps its old trees (frozen at its last good
     weights) and reports a NaN loss. Works for one model (``active`` of shape ()) and for a stack ((K,))."""
 
-    def run(P, S, O, H, x, y, active):
-        nP, nS, nO, loss, correct = step(P, S, O, H, x, y)
+    def run(P, S, O, x, y, active):
+        nP, nS, nO, loss, correct = step(P, S, O, x, y)
         batch = active.ndim
         finite = [torch.isfinite(t).reshape(*t.shape[:batch], -1).all(-1) for t in tree_leaves(nP)]
         ok = active & torch.isfinite(loss) & torch.stack(finite).all(0)
@@ -83,16 +75,15 @@ def guarded(step: TrainStep) -> Callable:
     return run
 
 
-def make_eval_step(*, precision: str = "fp32", device_type: str = "cpu") -> Callable:
+def make_eval_step(*, precision: Precision = FP32, device_type: str = "cpu") -> Callable:
     """``eval_step(params, state, x, y) -> (loss_sum, correct, top5_correct, predictions, probabilities)`` in
     eval mode (the softmax probabilities are what an ensemble averages)."""
+    precision = precision_of(precision)
 
     def eval_step(params, state, x, y):
-        if precision == "fp64":
-            x = x.double()
-        with autocast(precision, device_type):
-            logits, _ = model.apply(params, state, x, train=False)
-        logits = logits.float() if precision != "fp64" else logits
+        with precision.autocast(device_type):
+            logits, _ = model.apply(params, state, precision.inputs(x), train=False)
+        logits = precision.outputs(logits)
         loss_sum = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         pred = top5[..., 0]

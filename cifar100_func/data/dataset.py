@@ -2,7 +2,7 @@
 
 The whole data set lives in memory as ``(N, 3, 32, 32)`` uint8 tensors (and later on the training device);
 no PIL and no per-image Python loop. Data pickles go through a restricted unpickler that only rebuilds
-numpy arrays, so a malicious file cannot run code.
+numpy arrays, so a malicious file cannot run code. What to load is a :class:`DataSpec` of plain values.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import DatasetConfig
 from ..errors import DataError
 from ..core.seeding import derive_seed
 
@@ -25,6 +24,25 @@ ARCHIVE_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
 FOLDER = "cifar-100-python"
 FILES = ("train", "test", "meta")
 ROOT_HINT = "pass --data-root DIR (the folder that contains cifar-100-python/) or set CIFAR100_ROOT"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set, how it is split into train/val (a seeded permutation) and how many images of each split are
+    kept; ``root``/``download``: where the files are and whether to fetch them; ``synthetic_*``: the generated set."""
+
+    name: str = "cifar100"  # or "synthetic"
+    num_classes: int = 100
+    val_size: int = 5000
+    split_seed: int = 42
+    max_train: int | None = None
+    max_val: int | None = None
+    max_test: int | None = None
+    root: str | None = None  # the folder that contains cifar-100-python/ (after --data-root and $CIFAR100_ROOT)
+    download: bool | str = "auto"
+    synthetic_train_size: int = 2000  # before the train/val split
+    synthetic_test_size: int = 500
+    synthetic_noise: float = 0.35
 
 
 @dataclass(frozen=True)
@@ -66,20 +84,57 @@ class Dataset:
 
 
 # -------------------------------------------------------------------------------- safe unpickling
+MAX_ELEMENTS = 60_000 * 3072  # the largest array a CIFAR-100 file holds (train: 50,000 x 3072 bytes), with room
+MAX_MEMO = 1 << 20  # pickle memo indices: the files use a few hundred; the C unpickler sizes its table by the index
+MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+try:  # numpy's own (private) array rebuilder, which numpy's pickles name
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct``, refusing shapes larger than a CIFAR-100 file needs before anything is allocated."""
+    if int(np.prod(np.asarray(shape, dtype=np.float64))) > MAX_ELEMENTS:
+        raise pickle.UnpicklingError(f"refused an array of shape {tuple(shape)} (more than CIFAR-100 needs)")
+    return _np_reconstruct(subtype, shape, dtype)
+
+
+def _dtype(*args):
+    """``numpy.dtype`` without object arrays (their items would be arbitrary pickles)."""
+    dt = np.dtype(*args)
+    if dt.hasobject:
+        raise pickle.UnpicklingError("refused an array of Python objects")
+    return dt
+
+
 class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, lists, strings, numbers and numpy arrays; refuses every other global."""
+    """Rebuilds dicts, lists, strings, numbers and numpy arrays of bounded size; refuses every other global."""
 
     _ALLOWED = {
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): _dtype,
+        ("_codecs", "encode"): __import__("codecs").encode,  # how protocol 2 (the official files) stores bytes
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+            return self._ALLOWED[(module, name)]
         raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+
+
+def _check_opcodes(raw: bytes) -> None:
+    """Walk the pickle's opcodes without building anything: memo indices beyond :data:`MAX_MEMO` (which would make
+    the unpickler allocate a table of that size) are refused."""
+    import pickletools
+
+    for op, arg, _ in pickletools.genops(raw):
+        if op.name in MEMO_OPS and isinstance(arg, int) and arg > MAX_MEMO:
+            raise pickle.UnpicklingError(f"refused a memo index of {arg}")
 
 
 def read_pickle(path: Path) -> dict:
@@ -89,12 +144,14 @@ def read_pickle(path: Path) -> dict:
     except OSError as exc:
         raise DataError(f"cannot read data file {str(path)!r}: {exc.strerror or exc}") from None
     try:
+        _check_opcodes(raw)
         obj = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except pickle.UnpicklingError as exc:
         if str(exc).startswith("refused"):
-            raise DataError(f"data file {str(path)!r} was not loaded: {exc} (only numpy arrays are allowed)") from None
+            raise DataError(f"data file {str(path)!r} was not loaded: {exc} (only numpy arrays of CIFAR-100's "
+                            "size are allowed)") from None
         raise DataError(f"data file {str(path)!r} is truncated or corrupted ({exc})") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: whatever the parser trips on, the file is damaged
         raise DataError(f"data file {str(path)!r} is truncated or corrupted ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise DataError(f"data file {str(path)!r}: expected a dict, got {type(obj).__name__}")
@@ -102,9 +159,9 @@ def read_pickle(path: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------- locating the files
-def resolve_root(cli_root: str | None, cfg: DatasetConfig) -> Path:
-    """``--data-root`` beats ``CIFAR100_ROOT`` beats ``dataset.root`` beats ``./data``."""
-    root = cli_root or os.environ.get("CIFAR100_ROOT") or cfg.root or "data"
+def resolve_root(cli_root: str | None, configured: str | None = None) -> Path:
+    """``--data-root`` beats ``CIFAR100_ROOT`` beats the configured root (``dataset.root``) beats ``./data``."""
+    root = cli_root or os.environ.get("CIFAR100_ROOT") or configured or "data"
     return Path(root).expanduser()
 
 
@@ -179,13 +236,20 @@ def _images_and_labels(obj: dict, path: Path, num_classes: int) -> tuple[torch.T
     if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3072 or data.dtype != np.uint8:
         shape = getattr(data, "shape", None)
         raise DataError(f"data file {str(path)!r}: 'data' must be a uint8 array of shape (N, 3072), got {shape}")
-    fine = np.asarray(obj["fine_labels"])
-    coarse = np.asarray(obj["coarse_labels"])
+    try:
+        fine = np.asarray(obj["fine_labels"])
+        coarse = np.asarray(obj["coarse_labels"])
+    except (ValueError, TypeError):
+        raise DataError(f"data file {str(path)!r}: labels must be lists of integers") from None
     n = data.shape[0]
     if fine.shape != (n,) or coarse.shape != (n,):
         raise DataError(f"data file {str(path)!r}: {n} images but {fine.shape[0] if fine.ndim else 0} labels")
+    if n and (fine.dtype.kind not in "iu" or coarse.dtype.kind not in "iu"):
+        raise DataError(f"data file {str(path)!r}: labels must be integers, got {fine.dtype} / {coarse.dtype}")
     if n and (fine.min() < 0 or fine.max() >= num_classes):
         raise DataError(f"data file {str(path)!r}: fine labels out of range 0..{num_classes - 1}")
+    if n and coarse.min() < 0:
+        raise DataError(f"data file {str(path)!r}: negative coarse labels")
     x = torch.from_numpy(data.reshape(n, 3, 32, 32).copy())
     return x, torch.from_numpy(fine.astype(np.int64)), coarse.astype(np.int64)
 
@@ -198,21 +262,23 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return perm[: n - val_size], perm[n - val_size :]
 
 
-def load_cifar100(folder: Path, cfg: DatasetConfig) -> Dataset:
+def load_cifar100(folder: Path, spec: DataSpec) -> Dataset:
     meta = read_pickle(folder / "meta")
     names = meta.get("fine_label_names")
     coarse_names = meta.get("coarse_label_names")
-    if not isinstance(names, list) or len(names) != cfg.num_classes or not isinstance(coarse_names, list):
-        raise DataError(f"data file {str(folder / 'meta')!r}: expected {cfg.num_classes} fine label names")
-    tx, ty, tcoarse = _images_and_labels(read_pickle(folder / "train"), folder / "train", cfg.num_classes)
-    sx, sy, _ = _images_and_labels(read_pickle(folder / "test"), folder / "test", cfg.num_classes)
-    fine_to_coarse = torch.zeros(cfg.num_classes, dtype=torch.int64)
+    if not isinstance(names, list) or len(names) != spec.num_classes or not isinstance(coarse_names, list):
+        raise DataError(f"data file {str(folder / 'meta')!r}: expected {spec.num_classes} fine label names")
+    tx, ty, tcoarse = _images_and_labels(read_pickle(folder / "train"), folder / "train", spec.num_classes)
+    sx, sy, _ = _images_and_labels(read_pickle(folder / "test"), folder / "test", spec.num_classes)
+    if len(tcoarse) and tcoarse.max() >= len(coarse_names):
+        raise DataError(f"data file {str(folder / 'train')!r}: coarse labels out of range 0..{len(coarse_names) - 1}")
+    fine_to_coarse = torch.zeros(spec.num_classes, dtype=torch.int64)
     fine_to_coarse[ty] = torch.from_numpy(tcoarse)
-    tr, va = split_indices(len(ty), cfg.val_size, cfg.split_seed)
+    tr, va = split_indices(len(ty), spec.val_size, spec.split_seed)
     return Dataset(
-        train=Split(tx[tr], ty[tr]).head(cfg.max_train),
-        val=Split(tx[va], ty[va]).head(cfg.max_val),
-        test=Split(sx, sy).head(cfg.max_test),
+        train=Split(tx[tr], ty[tr]).head(spec.max_train),
+        val=Split(tx[va], ty[va]).head(spec.max_val),
+        test=Split(sx, sy).head(spec.max_test),
         class_names=list(names),
         coarse_names=list(coarse_names),
         fine_to_coarse=fine_to_coarse,
@@ -221,13 +287,13 @@ def load_cifar100(folder: Path, cfg: DatasetConfig) -> Dataset:
     )
 
 
-def make_synthetic(cfg: DatasetConfig, seed: int = 0) -> Dataset:
+def make_synthetic(spec: DataSpec, seed: int = 0) -> Dataset:
     """A small generated data set with learnable class structure, for tests and demos.
 
     Each class has a smooth random colour pattern (an 8x8 grid upsampled to 32x32); an image is its class
     pattern plus per-pixel noise. Labels are balanced. It is clearly not CIFAR-100: ``synthetic=True``.
     """
-    k = cfg.num_classes
+    k = spec.num_classes
     g = torch.Generator().manual_seed(derive_seed(seed, "synthetic"))
     protos = torch.rand(k, 3, 8, 8, generator=g)
     protos = torch.nn.functional.interpolate(protos, size=32, mode="bilinear", align_corners=False)
@@ -235,15 +301,15 @@ def make_synthetic(cfg: DatasetConfig, seed: int = 0) -> Dataset:
     def draw(n: int) -> Split:
         y = torch.arange(n) % k
         y = y[torch.randperm(n, generator=g)]
-        x = protos[y] + cfg.synthetic.noise * torch.randn(n, 3, 32, 32, generator=g)
+        x = protos[y] + spec.synthetic_noise * torch.randn(n, 3, 32, 32, generator=g)
         return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
 
-    full, test = draw(cfg.synthetic.train_size), draw(cfg.synthetic.test_size)
-    tr, va = split_indices(len(full), cfg.val_size, cfg.split_seed)
+    full, test = draw(spec.synthetic_train_size), draw(spec.synthetic_test_size)
+    tr, va = split_indices(len(full), spec.val_size, spec.split_seed)
     return Dataset(
-        train=Split(full.x[tr], full.y[tr]).head(cfg.max_train),
-        val=Split(full.x[va], full.y[va]).head(cfg.max_val),
-        test=test.head(cfg.max_test),
+        train=Split(full.x[tr], full.y[tr]).head(spec.max_train),
+        val=Split(full.x[va], full.y[va]).head(spec.max_val),
+        test=test.head(spec.max_test),
         class_names=[f"synthetic_{i}" for i in range(k)],
         coarse_names=[f"synthetic_group_{i}" for i in range(max(1, k // 5))],
         fine_to_coarse=torch.arange(k) // 5 % max(1, k // 5),
@@ -252,9 +318,19 @@ def make_synthetic(cfg: DatasetConfig, seed: int = 0) -> Dataset:
     )
 
 
-def load_dataset(cfg: DatasetConfig, data_root: str | None = None) -> Dataset:
-    """The configured data set on the CPU: real CIFAR-100 from disk, or the synthetic stand-in."""
-    if cfg.name == "synthetic":
-        return make_synthetic(cfg)
-    folder = find_cifar100(resolve_root(data_root, cfg), cfg.download)
-    return load_cifar100(folder, cfg)
+def load_dataset(spec: DataSpec, data_root: str | None = None) -> Dataset:
+    """The data set ``spec`` names, on the CPU: real CIFAR-100 from disk (``data_root``: ``--data-root``), or the
+    synthetic stand-in."""
+    if spec.name == "synthetic":
+        data = make_synthetic(spec)
+    else:
+        try:
+            folder = find_cifar100(resolve_root(data_root, spec.root), spec.download)
+        except OSError as exc:  # an unreadable folder on the way
+            raise DataError(f"cannot look for CIFAR-100 under {data_root or spec.root!r}: "
+                            f"{exc.strerror or exc}") from None
+        data = load_cifar100(folder, spec)
+    for name in ("train", "val", "test"):
+        if len(getattr(data, name)) == 0:
+            raise DataError(f"the {name} split of {data.source} is empty")
+    return data

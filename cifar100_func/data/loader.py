@@ -8,12 +8,12 @@ can be replayed on its own: this is what makes ``--resume`` give the same result
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
 from ..core import augment as aug
-from ..config import AugmentConfig, PreprocessConfig
+from ..core.augment import Augmentation
 from .dataset import Split
 from ..core.seeding import generator
 
@@ -25,11 +25,13 @@ class Pipeline:
 
     mean: torch.Tensor
     std: torch.Tensor
-    augment: AugmentConfig
+    augment: Augmentation
 
     @staticmethod
-    def create(pre: PreprocessConfig, augment: AugmentConfig, device: torch.device | str) -> "Pipeline":
-        return Pipeline(torch.tensor(pre.mean, device=device), torch.tensor(pre.std, device=device), augment)
+    def create(mean: Sequence[float], std: Sequence[float], augment: Augmentation,
+               device: torch.device | str) -> "Pipeline":
+        """Per-channel normalisation statistics of the images in [0, 1], and the augmentation's settings."""
+        return Pipeline(torch.tensor(mean, device=device), torch.tensor(std, device=device), augment)
 
     def plain(self) -> "Pipeline":
         """The same pipeline without augmentation (a final phase on plain images)."""

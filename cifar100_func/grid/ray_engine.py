@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from torch.utils._pytree import tree_map
 
 from ..config import Config
+from ..core import trees
 from ..data.dataset import Dataset
 from ..errors import ConfigError
 from .run import RungJob, RungOutcome, train_rung
@@ -39,7 +39,7 @@ def require_ray():
 
 
 def _cpu(tree):
-    return tree_map(lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, tree)
+    return trees.to_cpu(tree)
 
 
 def _run_stack(job: RungJob, data: Dataset | None, data_root: str | None, threads: int) -> RungOutcome:
@@ -50,14 +50,15 @@ def _run_stack(job: RungJob, data: Dataset | None, data_root: str | None, thread
         os._exit(1)
     from ..runtime.backend import Backend
     from ..data.dataset import load_dataset
+    from ..runtime.from_config import data_spec
 
     gpu = torch.cuda.is_available() and bool(_ray_gpu_ids())
     device = torch.device("cuda") if gpu else torch.device("cpu")
     torch.set_num_threads(threads)
     if data is None:  # the job's config is the grid's (its grid.max_train subset already applied)
-        data = load_dataset(job.cfg.dataset, data_root)
+        data = load_dataset(data_spec(job.cfg), data_root)
     backend = Backend.create(job.cfg, device)
-    job.trees = None if job.trees is None else tree_map(lambda t: t.to(device), job.trees)
+    job.trees = None if job.trees is None else trees.to(job.trees, device)
     out = train_rung(job, data.to(device), backend, progress=False, log=lambda line: print(line, flush=True))
     return RungOutcome(out.record, _cpu(out.trees))
 

@@ -17,7 +17,6 @@ rest, with the same results as an uninterrupted run; ``force`` ignores the recor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -26,17 +25,21 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.utils._pytree import tree_leaves, tree_map, tree_structure, tree_unflatten
+from torch.utils._pytree import tree_leaves, tree_structure, tree_unflatten
 
 from ..core import model
+from ..core import trees as tree_ops
 from ..runtime.backend import Backend
 from ..config import Config
+from ..fingerprint import fingerprint
+from ..inputs import grid_common
 from ..data.dataset import Dataset
 from ..core.hparams import Hyper
 from ..runtime.io import atomic_write, atomic_write_json
-from ..data.loader import Pipeline, steps_per_epoch
+from ..data.loader import steps_per_epoch
+from ..runtime.from_config import pipeline
 from ..runtime.events import Events
-from ..runtime.loop import Hooks, Plan, Start, init_trees, train, unstack
+from ..runtime.loop import Hooks, Plan, Start, init_trees, train
 from ..runtime.trainer import schedule_fields
 
 
@@ -97,25 +100,18 @@ def survivors(scores: dict[tuple[int, int], float], eta: int) -> set[tuple[int, 
     return set(order[:keep])
 
 
-def _key(cfg: Config, stack: Stack, rung: int, ends: list[int]) -> str:
-    d = cfg.to_dict()
-    for volatile in ("paths", "study", "lr_finder", "overfit", "sanity"):
-        d.pop(volatile, None)
-    d["dataset"].pop("root", None)
-    d["dataset"].pop("download", None)
-    for how in ("compile", "engine", "ray"):  # how a stack runs, not what it computes
-        d["grid"].pop(how, None)
-    d["train"].pop("compile", None)
-    d["train"].pop("compile_mode", None)
-    payload = {"config": d, "stack": [m.name for m in stack.members], "rung": rung, "ends": ends[: rung + 1]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _key(cfg: Config, data_id: str, stack: Stack, rung: int, ends: list[int]) -> str:
+    """A stack's record key: the fingerprint of what training it to rung ``rung`` computes from: what every stack
+    of the grid shares (:func:`..inputs.grid_common`), the data's content, the stack's members (architecture,
+    hyper-parameters, seeds) and the rungs up to this one."""
+    return fingerprint({"grid": grid_common(cfg, data_id), "arch": stack.arch, "members": stack.members,
+                        "rung": rung, "ends": ends[: rung + 1]})
 
 
 def _slice(trees: Any, keep: list[int], stacked_after: bool) -> Any:
     """The trees of the members at positions ``keep`` (a stack of one becomes one model's trees)."""
-    idx = torch.tensor(keep)
-    out = tree_map(lambda t: t.index_select(0, idx.to(t.device)), trees)
-    return out if stacked_after else unstack(out, 0)
+    out = tree_ops.take(trees, keep)
+    return out if stacked_after else tree_ops.member(out, 0)
 
 
 @dataclass
@@ -152,12 +148,12 @@ def train_rung(job: RungJob, data: Dataset, backend: Backend, progress: bool | N
     """Train one stack from ``job.step`` to ``job.end`` through the one loop (data on the backend's device)."""
     cfg, tc = job.cfg, job.cfg.train
     steps = steps_per_epoch(len(data.train), tc.batch_size)
-    plan = Plan(job.arch, [m.seed for m in job.members], [m.hyper for m in job.members], tc.optimizer,
-                cfg.grid.epochs, **schedule_fields(cfg, steps, cfg.grid.epochs),
-                shared_data=not cfg.grid.independent_seeds, guard=True, compile=cfg.grid.compile, max_steps=job.end)
+    plan = Plan(job.arch, [m.seed for m in job.members], epochs=cfg.grid.epochs,
+                **schedule_fields(cfg, [m.hyper for m in job.members], steps, cfg.grid.epochs),
+                shared_data=not cfg.grid.independent_seeds, guard=True, grid=True, max_steps=job.end)
     start = None
     if job.step > 0:
-        p, s, o, active = (tree_map(lambda t: t.to(backend.device), tr) for tr in job.trees)
+        p, s, o, active = tree_ops.to(job.trees, backend.device)
         start = Start(p, s, o, job.step, [[] for _ in job.members], active)
     desc = f"{job.where}: blocks {list(job.arch.blocks)} mid {job.arch.mid}"
     log(f"{desc}: {len(job.members)} models ({', '.join(m.name for m in job.members)}), steps {job.step} -> "
@@ -166,7 +162,7 @@ def train_rung(job: RungJob, data: Dataset, backend: Backend, progress: bool | N
     writer = None if job.events is None else Events(job.events, plan, steps, job.step)
     hooks = writer.hooks(Hooks()) if writer is not None else None
     try:
-        res = train(plan, data, backend, Pipeline.create(cfg.preprocess, cfg.augment, backend.device),
+        res = train(plan, data, backend, pipeline(cfg, backend.device),
                     batch_size=tc.batch_size, eval_batch_size=tc.eval_batch_size, start=start, hooks=hooks, desc=desc,
                     progress=progress, log=log)
     finally:
@@ -184,7 +180,7 @@ def train_rung(job: RungJob, data: Dataset, backend: Backend, progress: bool | N
 def member_trees(trees: Any, pos: int, n: int) -> tuple[Any, Any]:
     """(params, BN state) of the ``pos``-th of ``n`` running members from a stack's trees."""
     params, state = trees[0], trees[1]
-    return (unstack(params, pos), unstack(state, pos)) if n > 1 else (params, state)
+    return (tree_ops.member(params, pos), tree_ops.member(state, pos)) if n > 1 else (params, state)
 
 
 class LocalEngine:
@@ -214,6 +210,7 @@ class GridRun:
         self.events = events  # TensorBoard: one folder per configuration, continued from rung to rung
         self.steps = steps_per_epoch(len(data.train), cfg.train.batch_size)
         self.ends = rungs(cfg, self.steps)
+        self.data_id = fingerprint({"train": data.train, "val": data.val})  # the content, wherever it is
         self.engine = engine or LocalEngine(data, backend, progress, log)
 
     def run(self) -> list[Stack]:
@@ -229,7 +226,7 @@ class GridRun:
     # ---------------------------------------------------------------------------------------------- a rung
     def _job(self, stack: Stack, r: int, end: int) -> RungJob | None:
         """What training ``stack`` to ``end`` needs, or None when an earlier run's record is kept."""
-        key = _key(self.cfg, stack, r, self.ends)
+        key = _key(self.cfg, self.data_id, stack, r, self.ends)
         job = RungJob(self.cfg, stack.index, stack.arch, [stack.members[i] for i in stack.running],
                       list(stack.running), stack.step, end, r, len(self.ends), key)
         rec = self._read(stack, r, key)
@@ -305,8 +302,8 @@ class GridRun:
         rec = json.loads(self._path(stack, r, ".json").read_text())
         were = rec["running"]
         members = [stack.members[i] for i in were]
-        template_plan = Plan(stack.arch, [m.seed for m in members], [m.hyper for m in members],
-                             self.cfg.train.optimizer, 1, torch.ones(1))
+        template_plan = Plan(stack.arch, [m.seed for m in members], epochs=1,  # the structure of the trees only
+                             **schedule_fields(self.cfg, [m.hyper for m in members], 1, 1))
         p, s, o = init_trees(template_plan, self.backend.precision, torch.device("cpu"))
         active = torch.ones(len(were) if len(were) > 1 else (), dtype=torch.bool)
         spec = tree_structure((p, s, o, active))

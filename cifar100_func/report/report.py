@@ -1,4 +1,4 @@
-"""``report/REPORT.md``: the study's report, every number read from this run's outputs.
+"""``report/REPORT.md``: the study's report, every number taken from the results its stages returned.
 
 Same sections as the original report (data, model, baselines, initial loss, overfit, LR finder, grid, final
 curves, test metrics, reproducibility), figures embedded by relative path, and a table that puts the reference
@@ -7,17 +7,27 @@ report's claims beside what this run measured.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..config import Config, changed_keys
-from ..runtime.io import atomic_write_text, read_jsonl
+from ..commands.grid_search import results_markdown
+from ..runtime.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from ..commands.evaluate import EvalResult
+    from ..commands.grid_search import GridResult
+    from ..commands.lr_finder import LrFinderResult
+    from ..commands.overfit import OverfitResult
+    from ..commands.sanity import SanityResult
+    from ..commands.train import TrainResult
 
 # what the original report claimed (SPEC.md says which were checked and what was found)
 REFERENCE = {
@@ -50,17 +60,29 @@ def separation(grid: list[dict], n_val: int, halving: bool) -> dict:
             "at": "the first rung" if halving else "the last epoch"}
 
 
-def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report_dir: Path,
-                 final_changes: list[str]) -> Path:
+@dataclass(frozen=True)
+class StudyResults:
+    """What the study's stages returned (run now or read back from their cache), and each stage's record (wall
+    time, whether it was cached)."""
+
+    sanity: "SanityResult"
+    overfit: "OverfitResult"
+    lr_finder: "LrFinderResult"
+    grid: "GridResult"
+    final: "TrainResult"
+    test: "EvalResult"
+    records: dict
+
+
+def write_report(cfg: Config, final_cfg: Config, results: StudyResults, report_dir: Path) -> Path:
+    """``report_dir/REPORT.md`` from the study's results (``final_cfg``: the config the final run trained)."""
     report_dir.mkdir(parents=True, exist_ok=True)
-    sanity = json.loads((runs / "sanity" / "sanity.json").read_text())
-    over = json.loads((runs / "overfit" / "overfit.json").read_text())
-    lrf = json.loads((runs / "lr_finder" / "lr_finder.json").read_text())
-    grid = json.loads((runs / "grid_search" / "results.json").read_text())
-    final = read_jsonl(runs / "final" / "metrics.jsonl")
-    test = json.loads((artifacts / "eval_test.json").read_text())
+    r = results
+    sanity, over, lrf, grid = r.sanity.summary, r.overfit.summary, r.lr_finder.summary, r.grid.rows
+    final, test, records = r.final.metrics, r.test.metrics, r.records
+    final_changes = changed_keys(cfg, final_cfg)
     synthetic = sanity["dataset"] == "synthetic"
-    best_grid = min(grid, key=lambda r: r["rank"])
+    best_grid = r.grid.winner
     best_epoch = max(final, key=lambda m: m["val_acc"])
     fig = lambda p, alt: _img(p, report_dir, alt)  # noqa: E731
     sets = " ".join(final_changes) or "(none)"
@@ -99,7 +121,7 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         f"{cfg.augment.saturation}, hue {cfg.augment.hue}). A train batch has shape {tuple(sanity['train_batch_shape'])} "
         f"(model input {'matches' if sanity['batch_shape_ok'] else 'DOES NOT match'}).",
         "",
-        fig(runs / "sanity" / "augmented_samples.png", "training images before and after augmentation"),
+        fig(r.sanity.samples_figure, "training images before and after augmentation"),
         "",
         "## 2. Model",
         "",
@@ -126,9 +148,9 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         f"**{_pct(over['final_train_acc'])}** (loss {over['final_train_loss']:.4f}), validation accuracy "
         f"{_pct(over['final_val_acc'])}: {'passed' if over['passed'] else 'FAILED'} (target {_pct(over['target_acc'])}).",
         "",
-        fig(runs / "overfit" / "overfit_train_loss.png", "overfit train loss"), "",
-        fig(runs / "overfit" / "overfit_train_acc.png", "overfit train accuracy"), "",
-        fig(runs / "overfit" / "overfit_val_metrics.png", "overfit validation metrics"),
+        fig(r.overfit.figures["train_loss"], "overfit train loss"), "",
+        fig(r.overfit.figures["train_acc"], "overfit train accuracy"), "",
+        fig(r.overfit.figures["val_metrics"], "overfit validation metrics"),
         "",
         "## 5. LR finder",
         "",
@@ -143,7 +165,7 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
                   f"**{lrf['upper_bound_lr']:.3g}**: an upper bound for training, not an optimum. Rule: {lrf['rule']}.",
                   ""]
     lines += [
-        fig(runs / "lr_finder" / "lr_finder.png", "LR finder"),
+        fig(r.lr_finder.figure, "LR finder"),
         "",
         "## 6. Grid search",
         "",
@@ -157,11 +179,11 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         f"**{sep['gap_in_se']:.1f} standard errors** above it"
         + (" (more than one: a ranking, not a draw)." if sep["gap_in_se"] > 1 else " (a draw within the noise)."),
         "",
-        *(runs / "grid_search" / "results.md").read_text().splitlines()[2:],
+        *results_markdown(grid, synthetic).splitlines()[2:],
         "",
-        fig(runs / "grid_search" / "grid_search_val.png", "grid validation curves"), "",
-        fig(runs / "grid_search" / "grid_search_train.png", "grid training curves"), "",
-        fig(runs / "grid_search" / "grid_search_heatmap.png", "grid heat-maps"),
+        fig(r.grid.figures["val"], "grid validation curves"), "",
+        fig(r.grid.figures["train"], "grid training curves"), "",
+        fig(r.grid.figures["heatmap"], "grid heat-maps"),
         "",
         "## 7. Final training",
         "",
@@ -172,8 +194,8 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         f"epoch {best_epoch['epoch']}; last epoch: train accuracy {_pct(final[-1]['train_acc'])}, validation "
         f"accuracy {_pct(final[-1]['val_acc'])}; {final[-1]['images_per_sec']:.0f} training images/s.",
         "",
-        fig(runs / "final" / "loss.png", "final loss curves"), "",
-        fig(runs / "final" / "accuracy.png", "final accuracy curves"),
+        fig(r.final.figures["loss"], "final loss curves"), "",
+        fig(r.final.figures["accuracy"], "final accuracy curves"),
         "",
         "## 8. Test evaluation",
         "",
@@ -185,8 +207,8 @@ def write_report(cfg: Config, records: dict, runs: Path, artifacts: Path, report
         *(["| member | test accuracy | test loss | top-5 |", "| ---: | ---: | ---: | ---: |"]
           + [f"| {j + 1} | {_pct(m['test_accuracy'])} | {m['test_loss']:.4f} | {_pct(m['test_top5_accuracy'])} |"
              for j, m in enumerate(members)] + [""] if members else []),
-        fig(artifacts / "confusion_test_coarse.png", "coarse confusion matrix"), "",
-        fig(artifacts / "confusion_test.png", "fine confusion matrix"),
+        fig(r.test.figures["coarse"], "coarse confusion matrix"), "",
+        fig(r.test.figures["fine"], "fine confusion matrix"),
         "",
         "## 9. Against the reference report",
         "",

@@ -2,25 +2,29 @@
 
 :func:`resolve_device` picks the device; :func:`setup_process` sets the process-wide switches once (the glibc
 allocator setting on CPUs, TF32 and ``cudnn.benchmark`` on CUDA); :class:`Backend` turns the config and the device
-into the choices a run needs: precision (``auto``: bf16 where the device computes it natively), compile or not and
-in which mode, the batching formulation of a stack (:mod:`.batching`) and the memory format of the batches.
-:class:`Engine` runs step functions that way, and when compiling fails it prints one line with the reason and
-continues eagerly with the settings that suit an eager step.
+into the choices a run needs: precision (a :class:`~cifar100_func.core.precision.Precision`; ``auto``: bf16 where
+the device computes it natively), compile or not (:func:`compile_policy`, the one place that decides) and in which
+mode, the batching formulation of a stack (:mod:`.batching`) and the memory format of the batches. :class:`Engine`
+runs step functions that way, and when compiling fails it prints one line with the reason and continues eagerly
+with the settings that suit an eager step.
 
 CUDA paths are written from the documentation, not measured: no GPU was available to this project.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 import torch
+from einops import rearrange
 from torch.utils._pytree import tree_map
 
 from .allocator import reuse_freed_memory
 from .batching import per_model_rules
+from ..torch_private import cpu_native_bf16
 from ..config import Config
+from ..core.precision import PRECISIONS, Precision
 from ..errors import ConfigError, UserError
 
 MIN_STEPS_TO_COMPILE = 200  # below this, compiling (a minute or more per step function on 2 cores) costs more
@@ -39,9 +43,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported",
-                                                                 "_is_amx_tile_supported"))
+    return cpu_native_bf16()
 
 
 def setup_process(device: torch.device, allow_tf32: bool = False) -> list[str]:
@@ -58,10 +60,38 @@ def setup_process(device: torch.device, allow_tf32: bool = False) -> list[str]:
     return notes
 
 
-def worth_compiling(enabled: bool, n_steps: int) -> bool:
-    """Whether a run of ``n_steps`` steps with ``compile`` set to ``enabled`` should be compiled: short runs
-    (the LR finder, a reduced grid's stacks, the overfit check) spend more time compiling than it saves."""
-    return enabled and n_steps >= MIN_STEPS_TO_COMPILE
+@dataclass(frozen=True)
+class CompileChoice:
+    """Whether a step function is compiled, and why (for the run's header and its metrics)."""
+
+    compiled: bool
+    why: str
+
+
+def compile_policy(step: Literal["train", "eval"], k: int | None, n_steps: int, train_compile: bool,
+                   grid_compile: bool | None = None, grid: bool = False, force: bool | None = None) -> CompileChoice:
+    """The one rule for compiling a step function.
+
+    ``step``: the training or the evaluation step; ``k``: the models of a stack (``None``: one model, no vmap);
+    ``n_steps``: the training steps the run will take; ``train_compile``/``grid_compile``: the config's
+    ``train.compile`` and ``grid.compile``; ``grid``: a stack of the grid search (``grid.compile`` true/false
+    decides it); ``force``: a caller's explicit choice (tests, benchmarks). One model's evaluation is always eager
+    (compiling it costs more than it saves); a stack's evaluation follows its training step. Otherwise compile when
+    ``train.compile`` is true and the run takes at least ``MIN_STEPS_TO_COMPILE`` steps: short runs (the LR finder,
+    a reduced grid's stacks, the overfit check) spend more time compiling than it saves.
+    """
+    if step == "eval" and k is None:
+        return CompileChoice(False, "one model's evaluation is eager")
+    if force is not None:
+        return CompileChoice(force, "forced by the caller")
+    if grid and grid_compile is not None:
+        return CompileChoice(grid_compile, f"grid.compile {str(grid_compile).lower()}")
+    source = "grid.compile null, train.compile" if grid else "train.compile"
+    if not train_compile:
+        return CompileChoice(False, f"{source} false")
+    if n_steps < MIN_STEPS_TO_COMPILE:
+        return CompileChoice(False, f"{source} true, but {n_steps} steps < {MIN_STEPS_TO_COMPILE}")
+    return CompileChoice(True, f"{source} true, {n_steps} steps")
 
 
 @dataclass(frozen=True)
@@ -69,22 +99,23 @@ class Backend:
     """The device-dependent choices of a config on a device."""
 
     device: torch.device
-    precision: str  # resolved: fp32 | bf16 | fp64
+    precision: Precision  # resolved: fp32 | bf16 | fp64
     precision_note: str
     channels_last: bool
-    compile: bool
+    compile: bool  # train.compile
     compile_mode: str  # resolved: default | reduce-overhead | max-autotune
     batching: str  # auto | per_model | grouped
+    grid_compile: bool | None = None  # grid.compile (None: follow train.compile)
     notes: tuple[str, ...] = ()
 
     @staticmethod
     def create(cfg: Config, device: torch.device) -> "Backend":
         tc = cfg.train
         if tc.precision == "auto":
-            precision = "bf16" if native_bf16(device) else "fp32"
-            note = f"auto: {'native bf16 on this device' if precision == 'bf16' else 'no native bf16 here'}"
+            name = "bf16" if native_bf16(device) else "fp32"
+            note = f"auto: {'native bf16 on this device' if name == 'bf16' else 'no native bf16 here'}"
         else:
-            precision, note = tc.precision, "as set"
+            name, note = tc.precision, "as set"
         mode = tc.compile_mode
         if mode == "auto":
             mode = "reduce-overhead" if device.type == "cuda" else "default"
@@ -92,20 +123,31 @@ class Backend:
             raise ConfigError("grid.batching: per_model is for CPUs (its rules cover native_batch_norm, not the "
                               "cudnn_batch_norm CUDA dispatches to); use auto or grouped on CUDA")
         notes = tuple(setup_process(device, tc.allow_tf32))
-        return Backend(device, precision, note, tc.channels_last, tc.compile, mode, cfg.grid.batching, notes)
+        return Backend(device, PRECISIONS[name], note, tc.channels_last, tc.compile, mode, cfg.grid.batching,
+                       cfg.grid.compile, notes)
 
     def header(self) -> str:
-        """One line for a run's first lines: what this backend does on this device."""
-        compiled = f"compile {self.compile_mode}" if self.compile else "eager"
-        return (f"device {self.device}, precision {self.precision} ({self.precision_note}), {compiled}, "
+        """One line for a run's first lines: what this backend does on this device, and its compile rule."""
+        if self.compile:
+            compiled = f"compile {self.compile_mode} for runs of >= {MIN_STEPS_TO_COMPILE} steps (train.compile)"
+        else:
+            compiled = "eager (train.compile false)"
+        if self.grid_compile is not None:
+            compiled += f", grid stacks {'compiled' if self.grid_compile else 'eager'} (grid.compile)"
+        return (f"device {self.device}, precision {self.precision.name} ({self.precision_note}), {compiled}, "
                 f"channels_last {self.channels_last}" + "".join(f", {n}" for n in self.notes))
 
+    def decide(self, step: Literal["train", "eval"], k: int | None, n_steps: int, grid: bool = False,
+               force: bool | None = None) -> CompileChoice:
+        """:func:`compile_policy` for this backend's config."""
+        return compile_policy(step, k, n_steps, self.compile, self.grid_compile, grid, force)
+
     def engine(self, k: int | None, n_steps: int, compile: bool | None = None,
-               log: Callable[[str], None] = print) -> "Engine":
-        """An engine for ``k`` stacked models (``None``: one model, no vmap) over ``n_steps`` steps.
-        ``compile``: None follows ``train.compile`` for runs of at least 200 steps; True/False force it."""
-        want = worth_compiling(self.compile, n_steps) if compile is None else compile
-        return Engine(self, k, want, log)
+               log: Callable[[str], None] = print, *, grid: bool = False) -> "Engine":
+        """An engine for ``k`` stacked models (``None``: one model, no vmap) over ``n_steps`` steps; ``grid``: a
+        stack of the grid search. ``compile``: None asks :func:`compile_policy`; True/False force it."""
+        return Engine(self, k, self.decide("train", k, n_steps, grid, compile), log,
+                      evaluation=self.decide("eval", k, n_steps, grid, compile))
 
 
 @dataclass
@@ -114,13 +156,16 @@ class Engine:
 
     backend: Backend
     k: int | None  # None: one unstacked model (the standard path)
-    compiled: bool
+    choice: CompileChoice  # the training step's
     log: Callable[[str], None] = print
+    evaluation: CompileChoice | None = None  # the evaluation step's (None: as the training step)
     fallback: str | None = None  # why compiling failed, when it did
+    compiled: bool = field(init=False)  # the choice, until compiling fails
 
     def __post_init__(self) -> None:
+        self.compiled = self.choice.compiled
         if self.compiled:
-            torch._dynamo.reset()  # fresh caches: each run compiles new closures (the recompile limit is 8)
+            torch.compiler.reset()  # fresh caches: each run compiles new closures (the recompile limit is 8)
 
     @property
     def per_model(self) -> bool:
@@ -140,7 +185,7 @@ class Engine:
         if not self.channels_last:
             return x
         if x.ndim == 5:
-            return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+            return rearrange(rearrange(x, "k n c h w -> k n h w c").contiguous(), "k n h w c -> k n c h w")
         return x.contiguous(memory_format=torch.channels_last)
 
     def params(self, tree: Any) -> Any:
@@ -149,9 +194,10 @@ class Engine:
             return tree
         return tree_map(lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t, tree)
 
-    def wrap(self, fn: Callable, compile: bool = True) -> Callable:
-        """``fn`` as this engine runs it; ``compile=False`` keeps it eager even in a compiled engine."""
-        fast = torch.compile(fn, mode=self.backend.compile_mode) if self.compiled and compile else None
+    def wrap(self, fn: Callable, step: Literal["train", "eval"] = "train") -> Callable:
+        """``fn``, the training or the evaluation step, as this engine runs it (compiled as its choice says)."""
+        choice = self.choice if step == "train" or self.evaluation is None else self.evaluation
+        fast = torch.compile(fn, mode=self.backend.compile_mode) if self.compiled and choice.compiled else None
         cudagraphs = self.backend.compile_mode == "reduce-overhead" and self.backend.device.type == "cuda"
 
         def call(*args):
@@ -183,4 +229,4 @@ class Engine:
     def describe(self) -> str:
         what = "compiled" if self.compiled else ("eager after a compile failure" if self.fallback else "eager")
         stack = "one model" if self.k is None else f"{self.k} stacked ({self._form()} batching)"
-        return f"{stack}, {what}, channels_last {self.channels_last}"
+        return f"{stack}, {what} ({self.choice.why}), channels_last {self.channels_last}"

@@ -22,7 +22,10 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from einops import rearrange
 from torch import Tensor
+
+from ..torch_private import aten_override
 
 def _slices(t: Tensor | None, dim: int | None, k: int, activation: bool) -> Sequence[Tensor | None]:
     """The k per-model slices of ``t`` along ``dim`` (``t`` itself k times when the models share it);
@@ -42,14 +45,15 @@ def _stacked_like(first: Tensor, k: int, activation: bool) -> Tensor:
     """An empty (K, *first.shape) buffer; for a channels-last activation every model's slice is channels-last."""
     if activation and first.ndim == 4 and first.is_contiguous(memory_format=torch.channels_last):
         n, c, h, w = first.shape
-        return first.new_empty((k, n, h, w, c)).permute(0, 1, 4, 2, 3)
+        return rearrange(first.new_empty((k, n, h, w, c)), "k n h w c -> k n c h w")
     return first.new_empty((k, *first.shape))
 
 
 def _stack(outs: Sequence[Tensor], activation: bool) -> Tensor:
     """Per-model results stacked on a new dim 0 without mutation (traceable); channels-last stays so per model."""
     if activation and outs[0].ndim == 4 and outs[0].is_contiguous(memory_format=torch.channels_last):
-        return torch.stack([o.permute(0, 2, 3, 1) for o in outs]).permute(0, 1, 4, 2, 3)
+        nhwc = torch.stack([rearrange(o, "n c h w -> n h w c") for o in outs])
+        return rearrange(nhwc, "k n h w c -> k n c h w")
     return torch.stack(list(outs))
 
 
@@ -156,14 +160,11 @@ def per_model_rules(enabled: bool = True, functional: bool = False) -> Iterator[
     if not enabled:
         yield
         return
-    lib = torch.library.Library("aten", "IMPL")
-    try:
+    with aten_override() as lib:
         with _quiet_override():
             for name, rule in _RULES[functional].items():
                 torch.library.register_vmap(name, rule, lib=lib)
         yield
-    finally:
-        lib._destroy()
 
 
 @contextlib.contextmanager

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_map
 
 from ..errors import CheckpointError
 from .interop import arch_from_state_dict, from_state_dict, to_state_dict
 from .io import atomic_write
+from ..core import trees
 from ..core.model import Arch, Params, State
 
 FORMAT = "cifar100-func/1"
@@ -29,11 +29,11 @@ def save_checkpoint(path: Path, params: Params, state: State, *, members: int = 
     With ``members`` > 0 the trees are a stack of that many models (an ensemble): ``"ensemble"`` holds every
     member's state_dict and ``"state_dict"`` the first one's, so a reader of single models still reads a model."""
     if members:
-        sds = [to_state_dict(*(tree_map(lambda t: t[j], tr) for tr in (params, state))) for j in range(members)]
+        sds = [to_state_dict(trees.member(params, j), trees.member(state, j)) for j in range(members)]
         payload = {"format": FORMAT, "state_dict": sds[0], "ensemble": sds}
     else:
         payload = {"format": FORMAT, "state_dict": to_state_dict(params, state)}
-    payload.update(_to_cpu(fields))
+    payload.update(trees.to_cpu(fields))
     atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
@@ -78,6 +78,9 @@ def load_weights(path: Path, arch: Arch | None = None) -> tuple[Params, State, d
     return params, state, obj if is_project_checkpoint(obj) else {}, arch
 
 
+MAX_MEMBERS = 1024  # study.final_seeds' bound
+
+
 def load_members(path: Path) -> tuple[list[tuple[Params, State]], dict, Arch]:
     """Every model of a checkpoint: the members of an ensemble checkpoint, else the one model (as
     :func:`load_weights`); all members share the first one's architecture."""
@@ -87,15 +90,10 @@ def load_members(path: Path) -> tuple[list[tuple[Params, State]], dict, Arch]:
         return [(params, state)], meta, arch
     if not isinstance(sds, list) or not all(isinstance(sd, dict) for sd in sds):
         raise CheckpointError(f"checkpoint {str(path)!r}: 'ensemble' must be a list of state_dicts")
+    if len(sds) > MAX_MEMBERS:  # members may share storage in the file: their count bounds what stacking costs
+        raise CheckpointError(f"checkpoint {str(path)!r}: an ensemble of {len(sds)} exceeds {MAX_MEMBERS} members")
     try:
         return [from_state_dict(sd, arch) for sd in sds], meta, arch
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: an ensemble member: {exc}") from None
 
-
-def _to_cpu(obj: Any) -> Any:
-    return torch.utils._pytree.tree_map(lambda t: t.detach().cpu() if isinstance(t, torch.Tensor) else t, obj)
-
-
-def tree_to(tree: Any, device: torch.device | str) -> Any:
-    return torch.utils._pytree.tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)

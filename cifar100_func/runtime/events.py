@@ -2,7 +2,8 @@
 their own), written from the loop's hooks, so every command gets the same scalars without a loop of its own.
 
 Scalars (x axis: the global step, 1-based): ``train/loss`` at every step, ``train/acc`` over each logging interval,
-``train/lr`` at each check; ``val/loss``, ``val/acc``, ``val/top5_acc`` and ``train/epoch_acc`` at each epoch's end.
+``train/lr`` at each check (the lr the optimiser's state recorded for that step); ``val/loss``, ``val/acc``,
+``val/top5_acc`` and ``train/epoch_acc`` at each epoch's end.
 :func:`write_hparams` adds a configuration and its final metrics to TensorBoard's hparams view.
 ``tensorboard --logdir runs`` shows them all.
 """
@@ -27,13 +28,9 @@ class Events:
         if len(dirs) != plan.k:
             raise ValueError(f"{len(dirs)} event folders for {plan.k} models")
         self.writers = [SummaryWriter(str(d), purge_step=start_step + 1 if start_step else None) for d in dirs]
-        self.plan, self.steps = plan, steps_per_epoch
+        self.steps = steps_per_epoch
         self.written = start_step  # global steps logged so far
         self.mark: tuple[int, list[int], int] | None = None  # (epoch, correct, seen) at the last check
-
-    def _lr(self, j: int, g: int) -> float:
-        row = self.plan.lr_factor[g]
-        return float(self.plan.hypers[j].lr * (row if row.ndim == 0 else row[j]))
 
     def check(self, c: Check, upto: int | None = None) -> None:
         """Log the steps of ``c`` not logged yet (only the first ``upto`` of the session when a hook stopped)."""
@@ -44,7 +41,7 @@ class Events:
         if end > self.written:
             before = self.mark if self.mark is not None and self.mark[0] == c.epoch else (c.epoch, [0] * len(c.correct), 0)
             for j, w in enumerate(self.writers):
-                w.add_scalar("train/lr", self._lr(j, end - 1), end)
+                w.add_scalar("train/lr", float(c.lrs[end - 1 - c.first_step, j]), end)
                 if c.correct and c.seen > before[2]:
                     w.add_scalar("train/acc", (c.correct[j] - before[1][j]) / (c.seen - before[2]), end)
         self.mark = (c.epoch, list(c.correct), c.seen)
@@ -77,12 +74,6 @@ class Events:
     def close(self) -> None:
         for w in self.writers:
             w.close()
-
-    def __enter__(self) -> "Events":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def write_hparams(folder: Path, hparams: dict, metrics: dict) -> None:

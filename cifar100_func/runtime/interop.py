@@ -54,6 +54,9 @@ def to_state_dict(params: Params, state: State) -> "OrderedDict[str, torch.Tenso
     return OrderedDict((_ref_name(k), v.detach().cpu().clone()) for k, v in _walk(_merge(params, state)))
 
 
+MAX_BLOCKS, MAX_MID, MAX_CLASSES = 64, 4096, 100_000  # the config schema's bounds (model.blocks, bottleneck_mid)
+
+
 def _dim(sd: dict[str, torch.Tensor], key: str, ndim: int, what: str) -> int:
     """Size of axis 0 of ``sd[key]``, which must be an ``ndim``-d tensor with a non-empty axis 0."""
     if key not in sd:
@@ -93,6 +96,10 @@ def arch_from_state_dict(sd: dict[str, torch.Tensor]) -> Arch:
         blocks.append(n)
     mid = _dim(sd, "layer1.0.conv1.weight", 4, "stage-1 bottleneck width")
     num_classes = _dim(sd, "fc.weight", 2, "number of classes")
+    for what, value, limit in (("blocks per stage", max(blocks), MAX_BLOCKS), ("bottleneck width", mid, MAX_MID),
+                               ("number of classes", num_classes, MAX_CLASSES)):
+        if value > limit:  # checked before any tensor of that size is built (a stride-0 tensor costs a few bytes)
+            raise CheckpointError(f"not a model this project builds: {what} {value} exceeds {limit}")
     return Arch(blocks=tuple(blocks), mid=mid, num_classes=num_classes)  # type: ignore[arg-type]
 
 

@@ -2,8 +2,8 @@
 
 ``train(plan, data, backend)`` trains what a :class:`Plan` describes: K = 1 is the standard path (the plain step,
 no vmap: the fastest kernels, channels-last, compiled), K > 1 a stack under ``torch.func.vmap`` (the grid, the LR
-finder). What differs between commands comes in as data (seeds, the hyper-parameter table, the lr multiplier of
-every step, shared or own batches, freezing diverged members) or as small callbacks (:class:`Hooks`: a check at
+finder). What differs between commands comes in as data (seeds, each model's optimiser with its hyper-parameters
+and schedules, shared or own batches, freezing diverged members) or as small callbacks (:class:`Hooks`: a check at
 the logging interval that may stop the run, an end-of-epoch hook for metrics and checkpoints). Inside an epoch
 nothing goes to the host except at the logging interval: losses and accuracies accumulate on the device.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -20,15 +20,15 @@ from torch.func import vmap
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
-from ..core import model
+from ..core import model, trees
 from .backend import Backend, Engine
-from ..config import OptimizerConfig
 from ..data.dataset import Dataset, Split
-from ..core.hparams import Hyper, at_step, table
 from ..data.loader import Pipeline, eval_batches, steps_per_epoch, train_batches
-from ..core.optim import make_optimizer
+from ..core.optim import Optimizer, last_hyperparams
+from ..core.precision import Precision
 from ..core.seeding import generator
-from ..core.step import cast_tree, guarded, make_eval_step, make_train_step
+from ..core.hparams import Scheduled
+from ..core.step import guarded, make_eval_step, make_train_step, precision_of
 
 
 @dataclass
@@ -37,18 +37,16 @@ class Plan:
 
     arch: model.Arch
     seeds: list[int]  # one per model: initial weights (and batch order and augmentation without shared_data)
-    hypers: list[Hyper]  # one per model
-    optimizer: OptimizerConfig
+    optimizers: list[Optimizer]  # one per model: its hyper-parameters and schedules (all built alike)
     epochs: int
-    lr_factor: torch.Tensor  # the lr multiplier of every step, (epochs * steps_per_epoch,) or (..., K) per model
-    momentum: torch.Tensor | None = None  # the momentum of every step (one-cycle's cycle); None: the optimiser's
     plain_epochs: int = 0  # the last N epochs train without augmentation
     ensemble: bool = False  # also validate the mean of the members' softmax (EpochEnd.ensemble)
     shared_data: bool = True  # one batch stream (of seeds[0]) for all models, as the reference grid
     guard: bool = False  # freeze a member whose step is not finite (else a hook must deal with a NaN loss)
     validate: bool = True  # evaluate on the validation split after each epoch
     max_steps: int | None = None  # stop after this many steps in all
-    compile: bool | None = None  # None: the backend's rule (train.compile, runs of >= 200 steps)
+    compile: bool | None = None  # None: the backend's compile policy; True/False force it (tests, benchmarks)
+    grid: bool = False  # a stack of the grid search (grid.compile may decide its compiling)
     stacked: bool | None = None  # None: a stack (vmap) when K > 1, the plain step for K = 1
 
     @property
@@ -75,6 +73,7 @@ class Check:
     the host; the first of them is global step ``first_step`` (0-based; not 0 in a resumed run)."""
 
     losses: np.ndarray
+    lrs: np.ndarray  # the lr of each of those steps, (steps, K), as the optimiser's state recorded it
     epoch: int
     first_step: int
     correct: list[int] = field(default_factory=list)  # per model, right answers in this epoch so far
@@ -112,35 +111,21 @@ class Result:
     model_images_per_sec: float
     first_step_seconds: float
     engine: str
-    stacked: bool
     active: torch.Tensor  # members not frozen (shape (K,) for a stack, () for one model)
-    end_step: int  # the global step the run stopped after
-    stopped_early: bool = False
     extra: dict = field(default_factory=dict)
 
-    def model(self, j: int) -> tuple[Any, Any]:
-        """(params, BN state) of the j-th model."""
-        return (unstack(self.params, j), unstack(self.state, j)) if self.stacked else (self.params, self.state)
+
+stack_trees, unstack = trees.stack, trees.member  # re-exports for runtime/trainer.py; use core.trees
 
 
-def stack_trees(trees: Sequence[Any]) -> Any:
-    """[tree_1, ..., tree_K] -> one tree whose leaves have a leading axis K."""
-    return tree_map(lambda *leaves: torch.stack(leaves), *trees)
-
-
-def unstack(tree: Any, i: int) -> Any:
-    """The i-th model's tree out of a stacked tree."""
-    return tree_map(lambda t: t[i], tree)
-
-
-def init_trees(plan: Plan, precision: str, device: torch.device) -> tuple[Any, Any, Any]:
+def init_trees(plan: Plan, precision: Precision | str, device: torch.device) -> tuple[Any, Any, Any]:
     """(params, BN state, optimiser state) of every model, stacked when the plan is a stack."""
-    optimizer = make_optimizer(plan.optimizer)
-    inits = [cast_tree(model.init(plan.arch, generator(seed, "init")), precision) for seed in plan.seeds]
-    trees = [(p, s, optimizer.init(p)) for p, s in inits]
+    precision = precision_of(precision)
+    inits = [precision.params(model.init(plan.arch, generator(seed, "init"))) for seed in plan.seeds]
+    out = [(p, s, opt.init(p)) for (p, s), opt in zip(inits, plan.optimizers)]
     if _stacked(plan):
-        trees = [tuple(stack_trees([t[i] for t in trees]) for i in range(3))]
-    return tree_map(lambda t: t.to(device), trees[0])
+        out = [tuple(stack_trees([t[i] for t in out]) for i in range(3))]
+    return tree_map(lambda t: t.to(device), out[0])
 
 
 def _stacked(plan: Plan) -> bool:
@@ -192,10 +177,10 @@ def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pip
 
 def make_eval(backend: Backend, engine: Engine, stacked: bool) -> Callable:
     """The evaluation step as ``engine`` runs it (vmapped over the models of a stack, the batch shared)."""
-    fn = make_eval_step(precision=backend.precision, device_type=backend.device.type)
+    fn = make_eval_step(precision=precision_of(backend.precision), device_type=backend.device.type)
     if stacked:
         fn = vmap(fn, in_dims=(0, 0, None, None))
-    return engine.wrap(fn, compile=stacked)  # one model: validation eager (compiling it costs more than it saves)
+    return engine.wrap(fn, step="eval")  # compiled or not: the backend's compile policy
 
 
 def _batches(plan: Plan, split: Split, pipe: Pipeline, batch_size: int, epoch: int, skip: int):
@@ -220,15 +205,18 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         raise ValueError("an unstacked plan trains one model")
     steps = steps_per_epoch(len(data.train), batch_size)
     total = steps * plan.epochs if plan.max_steps is None else min(steps * plan.epochs, plan.max_steps)
-    if len(plan.lr_factor) < total:
-        raise ValueError(f"lr_factor has {len(plan.lr_factor)} entries for {total} steps")
-    engine = backend.engine(k if stacked else None, total - (start.step if start else 0), plan.compile, log)
-    optimizer = make_optimizer(plan.optimizer)
-
-    step_fn = make_train_step(optimizer, precision=backend.precision, device_type=device.type)
+    if len(plan.optimizers) != k:
+        raise ValueError(f"{len(plan.optimizers)} optimisers for {k} models")
+    for name, v in plan.optimizers[0].hyper.items():
+        if isinstance(v, Scheduled) and len(v.multipliers) < total:
+            raise ValueError(f"the schedule of {name} has {len(v.multipliers)} steps for a run of {total}")
+    engine = backend.engine(k if stacked else None, total - (start.step if start else 0), plan.compile, log,
+                            grid=plan.grid)
+    precision = precision_of(backend.precision)
+    step_fn = make_train_step(plan.optimizers[0], precision=precision, device_type=device.type)
     if stacked:
         data_dim = None if plan.shared_data else 0
-        step_fn = vmap(step_fn, in_dims=(0, 0, 0, 0, data_dim, data_dim))
+        step_fn = vmap(step_fn, in_dims=(0, 0, 0, data_dim, data_dim))
     if plan.guard:
         step_fn = guarded(step_fn)
     step_fn = engine.wrap(step_fn)
@@ -236,7 +224,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
 
     active = torch.ones(k if stacked else (), dtype=torch.bool, device=device)
     if start is None:
-        P, S, O = init_trees(plan, backend.precision, device)
+        P, S, O = init_trees(plan, precision, device)
         base, metrics = 0, [[] for _ in range(k)]
     else:
         P, S, O = (tree_map(lambda t: t.to(device), tr) for tr in (start.params, start.state, start.opt_state))
@@ -245,12 +233,9 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
             active = start.active.to(device).reshape(active.shape)
     first_epoch = base // steps
     P, O = engine.params(P), engine.params(O)
-    H = table(plan.hypers, device, stacked)
-    factor = plan.lr_factor.to(device)
-    momentum = None if plan.momentum is None else plan.momentum.to(device)
-    loss_dtype = torch.float64 if backend.precision == "fp64" else torch.float32
-    losses = torch.full((total, k), float("nan"), dtype=loss_dtype, device=device)
-    host_losses = np.zeros((0, k))
+    losses = torch.full((total, k), float("nan"), dtype=precision.output, device=device)
+    lrs = torch.full((total, k), float("nan"), device=device)
+    host_losses, host_lrs = np.zeros((0, k)), np.zeros((0, k))
     bar = tqdm(total=total, initial=min(base, total), desc=desc, unit="step", leave=False,
                disable=(not progress) if progress is not None else None)
     train_seconds = first_step = 0.0
@@ -264,8 +249,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         correct = torch.zeros(k, dtype=torch.int64, device=device)
         g0, seen = g, 0
         for x, y in _batches(plan, data.train, pipe, batch_size, epoch, g - epoch * steps):
-            hp = at_step(H, factor[g], None if momentum is None else momentum[g])
-            args = (P, S, O, hp, engine.batch(x), y) + ((active,) if plan.guard else ())
+            args = (P, S, O, engine.batch(x), y) + ((active,) if plan.guard else ())
             out = step_fn(*args)
             P, S, O, loss, c = out[:5]
             if plan.guard:
@@ -274,18 +258,21 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
                 loss.sum().item()
                 first_step = time.perf_counter() - t0
             losses[g] = loss
+            lrs[g] = last_hyperparams(O)["lr"]
             correct += c
             seen += y.shape[-1]
             g += 1
             bar.update(1)
             last = g == total or g == (epoch + 1) * steps
             if g % hooks.check_every == 0 or last:
-                host_losses = np.concatenate([host_losses, losses[base + len(host_losses):g].double().cpu().numpy()])
+                new = slice(base + len(host_losses), g)
+                host_losses = np.concatenate([host_losses, losses[new].double().cpu().numpy()])
+                host_lrs = np.concatenate([host_lrs, lrs[new].double().cpu().numpy()])
                 done = time.perf_counter() - t0
                 bar.set_postfix(models=k, epoch=f"{epoch + 1}/{plan.epochs}", img_s=f"{k * seen / done:.0f}",
                                 loss=f"{np.nanmean(host_losses[-hooks.check_every:]):.3f}")
                 if hooks.on_check is not None:
-                    stop_at = hooks.on_check(Check(host_losses, epoch, base, correct.tolist(), seen))
+                    stop_at = hooks.on_check(Check(host_losses, host_lrs, epoch, base, correct.tolist(), seen))
                     if stop_at is not None:
                         break
             if last:
@@ -300,9 +287,9 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         val = (evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, engine, ensemble=plan.ensemble and stacked)
                if plan.validate else None)
         done = g - epoch * steps  # steps of this epoch done: a run may stop (or have started) inside one
-        records = _records(plan, epoch + 1 if done == steps else round(epoch + done / steps, 4),
-                           host_losses[g0 - base:g - base], correct.tolist(), seen, val, active.reshape(-1).tolist(),
-                           g - 1, {"seconds": time.perf_counter() - t0, "train_seconds": dt,
+        records = _records(epoch + 1 if done == steps else round(epoch + done / steps, 4),
+                           host_losses[g0 - base:g - base], host_lrs[g - 1 - base], correct.tolist(), seen, val,
+                           active.reshape(-1).tolist(), {"seconds": time.perf_counter() - t0, "train_seconds": dt,
                                    "images_per_sec": seen / dt, "engine": engine.describe()})
         for history, rec in zip(metrics, records):
             history.append(rec)
@@ -315,19 +302,19 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     diverged_at = [base + int(bad[:, j].nonzero()[0]) + 1 if bad[:, j].any() else None for j in range(k)]
     timed = images - k * min(batch_size, len(data.train))  # the first step is not timed
     rate = timed / max(train_seconds - first_step, 1e-9) if g - base > 1 else 0.0
-    return Result(P, S, O, metrics, step_losses, diverged_at, rate, first_step, engine.describe(), stacked,
-                  active, base + n_run, stopped_early=stop_at is not None, extra={"compile_fallback": engine.fallback})
+    return Result(P, S, O, metrics, step_losses, diverged_at, rate, first_step, engine.describe(), active,
+                  extra={"compile_fallback": engine.fallback})
 
 
-def _records(plan: Plan, epoch: float, losses: np.ndarray, correct: list[int], seen: int, val: dict | None,
-             active: list[bool], last_step: int, timing: dict) -> list[dict]:
-    """One metrics record per model for the epoch (or the part of it) just trained."""
+def _records(epoch: float, losses: np.ndarray, lrs: np.ndarray, correct: list[int], seen: int, val: dict | None,
+             active: list[bool], timing: dict) -> list[dict]:
+    """One metrics record per model for the epoch (or the part of it) just trained; ``lrs``: each model's lr at
+    its last step, as its optimiser's state recorded it."""
     out = []
-    for j, hyper in enumerate(plan.hypers):
+    for j in range(len(correct)):
         rec = {"epoch": epoch, "train_loss": float(np.mean(losses[:, j])), "train_acc": correct[j] / max(seen, 1)}
         if val is not None:
             rec.update(val_loss=val["loss"][j], val_acc=val["acc"][j], val_top5_acc=val["top5_acc"][j])
-        row = plan.lr_factor[last_step]
-        rec.update(lr=float(hyper.lr * (row if row.ndim == 0 else row[j])), diverged=not active[j], **timing)
+        rec.update(lr=float(lrs[j]), diverged=not active[j], **timing)
         out.append(rec)
     return out

@@ -22,18 +22,14 @@ from ..config import Config
 from ..data.dataset import Dataset
 from ..errors import CheckpointError, TrainingDiverged
 from .events import Events
-from ..core.hparams import Hyper
 from .interop import from_state_dict
 from .io import atomic_write_text
-from ..data.loader import Pipeline, steps_per_epoch
+from ..data.loader import steps_per_epoch
+from .from_config import pipeline
 from .loop import Check, EpochEnd, Hooks, Plan, Start, stack_trees, train
-from ..core.optim import make_optimizer
-from ..core.schedules import make_schedule, momentum_table, schedule_table
-from ..core.step import cast_tree
-
-# config keys that may change between an interrupted run and its --resume without changing the result
-RESUME_FREE_KEYS = ("train.epochs", "paths.", "dataset.root", "dataset.download", "train.compile",
-                    "train.compile_mode")
+from ..core.hparams import Hyper
+from ..core.step import precision_of
+from . import recipe
 
 
 @dataclass
@@ -60,48 +56,49 @@ def arch_from(cfg: Config, num_classes: int) -> model.Arch:
     return model.Arch(tuple(cfg.model.blocks), cfg.model.bottleneck_mid, num_classes)  # type: ignore[arg-type]
 
 
-def lr_factors(cfg: Config, steps: int, epochs: int):
-    """The lr multiplier of every step of ``epochs`` epochs of ``steps`` steps under ``train.scheduler``."""
-    return schedule_table(make_schedule(cfg.train.scheduler, steps * epochs), steps * epochs)
-
-
-def schedule_fields(cfg: Config, steps: int, epochs: int) -> dict[str, Any]:
-    """The :class:`.loop.Plan` fields a config's schedule fixes for a run of ``epochs`` epochs of ``steps`` steps:
-    the lr multiplier and momentum of every step, and the final epochs without augmentation."""
-    return {"lr_factor": lr_factors(cfg, steps, epochs),
-            "momentum": momentum_table(cfg.train.scheduler, steps * epochs),
+def schedule_fields(cfg: Config, hypers: list[Hyper], steps: int, epochs: int) -> dict[str, Any]:
+    """The :class:`.loop.Plan` fields a config's recipe fixes for models with ``hypers`` trained ``epochs`` epochs
+    of ``steps`` steps: each model's optimiser (its hyper-parameters and schedules in its state) and the final
+    epochs without augmentation."""
+    return {"optimizers": recipe.optimizers(cfg.train, hypers, steps * epochs),
             "plain_epochs": min(cfg.augment.off_last_epochs, epochs)}
 
 
-def _resume_mismatch(saved: dict, current: dict, prefix: str = "") -> str | None:
-    for key in sorted(set(saved) | set(current)):
-        dotted = f"{prefix}{key}"
-        if any(dotted == k or (k.endswith(".") and dotted.startswith(k)) for k in RESUME_FREE_KEYS):
-            continue
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _resume_mismatch(a, b, dotted + ".")
-            if found:
-                return found
-        elif a != b:
-            return f"{dotted} was {a!r} in the interrupted run, now {b!r}"
-    return None
+def _resume_mismatch(saved: dict, cfg: Config, members: int) -> str | None:
+    """Why a run saved with the config ``saved`` (a checkpoint's copy) cannot be continued under ``cfg``, or None:
+    the fingerprints of what the run computes from (:func:`..inputs.resume`: all but ``train.epochs``, which may
+    grow, and the keys that say *how* it runs) differ; the message names the first key that differs."""
+    from ..config import from_dict
+    from ..errors import ConfigError
+    from ..fingerprint import first_difference, fingerprint
+    from ..inputs import resume
+
+    try:
+        before = resume(from_dict(saved), members)
+    except ConfigError as exc:
+        return f"its config does not fit this version's schema: {exc}"
+    now = resume(cfg, members)
+    if fingerprint(before) == fingerprint(now):
+        return None
+    return f"{first_difference(before, now)}, from the interrupted run to now"
 
 
 def _load_start(path: Path, cfg: Config, data: Dataset, precision: str,
                 members: int) -> tuple[Start, float, int, list[dict]]:
     """Where ``path`` left off: the loop's start, best val acc and epoch, and the run's own metrics history."""
     ckpt = load_file(path)
-    why = _resume_mismatch(ckpt.get("config", {}), cfg.to_dict())
+    why = _resume_mismatch(ckpt.get("config", {}), cfg, members)
     if why:
         raise CheckpointError(f"cannot --resume {path}: the config changed ({why})")
     sds = ckpt.get("ensemble") or [ckpt["state_dict"]]
     if len(sds) != members:
         raise CheckpointError(f"cannot --resume {path}: it holds {len(sds)} model(s), this run trains {members}")
     arch = arch_from(cfg, data.num_classes)
-    dtype = torch.float64 if precision == "fp64" else None  # an fp64 run's checkpoint holds float64: keep it
-    models = [tuple(cast_tree(t, precision) for t in from_state_dict(sd, arch, dtype)) for sd in sds]
-    opt = make_optimizer(cfg.train.optimizer)
+    prec = precision_of(precision)
+    dtype = None if prec.param == torch.float32 else prec.param  # an fp64 run's checkpoint holds float64: keep it
+    models = [tuple(prec.params(t) for t in from_state_dict(sd, arch, dtype)) for sd in sds]
+    steps = steps_per_epoch(len(data.train), cfg.train.batch_size)
+    opt = recipe.optimizer(cfg.train, recipe.hyper(cfg), steps * cfg.train.epochs)
     template = [opt.init(p) for p, _ in models]
     params, state, template = ((models[0][0], models[0][1], template[0]) if members == 1 else
                                (stack_trees([p for p, _ in models]), stack_trees([s for _, s in models]),
@@ -109,8 +106,10 @@ def _load_start(path: Path, cfg: Config, data: Dataset, precision: str,
     leaves = ckpt.get("opt_state")
     if not isinstance(leaves, list) or len(leaves) != len(tree_leaves(template)):
         raise CheckpointError(f"cannot --resume {path}: its optimiser state does not fit {cfg.train.optimizer.name}")
-    opt_state = tree_unflatten(leaves, tree_structure(template))
-    steps = steps_per_epoch(len(data.train), cfg.train.batch_size)
+    saved = tree_unflatten(leaves, tree_structure(template))
+    # the run's step count and moments; the schedules of this config (a resumed run may have more epochs)
+    opt_state = saved._replace(hyper=template.hyper._replace(count=saved.hyper.count,
+                                                             hyperparams=saved.hyper.hyperparams))
     history = list(ckpt["metrics"])
     per_model = [history] if members == 1 else [[rec["members"][j] for rec in history] for j in range(members)]
     start = Start(params, state, opt_state, ckpt["epoch"] * steps, per_model)
@@ -139,9 +138,7 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
     tc = cfg.train
     arch = arch_from(cfg, data.num_classes)
     steps = steps_per_epoch(len(data.train), tc.batch_size)
-    sched = schedule_fields(cfg, steps, tc.epochs)
-    factors = sched["lr_factor"]
-    hyper = Hyper.of(cfg)
+    sched = schedule_fields(cfg, [recipe.hyper(cfg)] * members, steps, tc.epochs)
     label = "synthetic" if data.synthetic else "cifar100"
     best = {"acc": -1.0, "epoch": 0}
     start = None
@@ -165,7 +162,7 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
                 if files.best_ckpt is not None and best["epoch"] else "no checkpoint was written")
         raise TrainingDiverged(
             f"training diverged at epoch {g // steps + 1}, step {g % steps + 1} (global step {g + 1}, lr "
-            f"{hyper.lr * float(factors[g]):.3g}): loss is {c.losses[bad[0]].tolist()}; {kept}; try a smaller "
+            f"{c.lrs[bad[0]].max():.3g}): loss is {c.losses[bad[0]].tolist()}; {kept}; try a smaller "
             "train.optimizer.lr")
 
     def on_epoch(end: EpochEnd) -> None:
@@ -195,9 +192,9 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
             _write_metrics(files.run_dir, history)
             _write_curves(files.run_dir, history, run_name, data.synthetic)
 
-    plan = Plan(arch, [tc.seed + j for j in range(members)], [hyper] * members, tc.optimizer, tc.epochs, **sched,
+    plan = Plan(arch, [tc.seed + j for j in range(members)], epochs=tc.epochs, **sched,
                 shared_data=members == 1, ensemble=members > 1)
-    pipe = Pipeline.create(cfg.preprocess, cfg.augment, backend.device)
+    pipe = pipeline(cfg, backend.device)
     hooks = Hooks(50, check, on_epoch)
     events = None
     if files.events is not None:
