@@ -33,7 +33,7 @@ def main() -> int:
         sets = [a for s in (*args.set, f"paths.runs_dir={out}", f"paths.artifacts_dir={art}") for a in ("--set", s)]
         train_s = run(["train", *common, *sets, "--run-name", f"n{n}", "--overwrite", "--ensemble", str(n)])
         run(["evaluate", *common, *sets, "--checkpoint", str(art / "best.ckpt")])
-        res = json.loads((art / "eval_test.json").read_text())
+        res = json.loads((art / "best.eval_test.json").read_text())
         members = [m["test_accuracy"] for m in res.get("members", [])] or [res["test_accuracy"]]
         rows.append((n, train_s, res, members))
     single = rows[0][1]

@@ -1,10 +1,11 @@
 """This revision's training loops against an earlier revision's, side by side in one process.
 
-The earlier revision (a checkout of this repository, ``--before DIR``) is imported as a second package, and each
-round runs both revisions' own loops on the same data, one after the other: the standard path (``trainer.fit``,
-one model, the config's precision, memory format and compilation; the rate is the last epoch's, so compilation in
-the first one is not timed) and a stack of K models as the grid trains it (eager; the rate excludes the first step).
-Rounds alternate so that drift of the machine hits both revisions alike; the table gives medians.
+The earlier revision (a checkout in the flat layout before the sub-packages, ``--before DIR``) is imported as a
+second package, and each round runs both revisions' own loops, each reading the same data itself, one after the
+other: the standard path (``trainer.fit``, one model, the config's precision, memory format and compilation; the
+rate is the last epoch's, so compilation in the first one is not timed) and a stack of K models as the grid trains
+it (eager; the rate excludes the first step). Rounds alternate so that drift of the machine hits both revisions
+alike; the table gives medians.
 
     git worktree add /tmp/before <commit>
     python benchmarks/bench_revisions.py --before /tmp/before --data-root ../shared
@@ -75,7 +76,29 @@ def stack_before(pkg: str, cfg_path: str, overrides: list[str], root: str | None
     return rates[0]
 
 
-#NOW#
+def standard_now(cfg_path: str, overrides: list[str], root: str | None) -> float:
+    from cifar100_func.runtime import trainer
+    from cifar100_func.runtime.backend import Backend
+
+    cfg = load_config(cfg_path, overrides)
+    data = load_dataset(data_spec(cfg), root)
+    res = trainer.fit(cfg, data, Backend.create(cfg, torch.device("cpu")), progress=False, log=quiet)
+    return res.metrics[-1]["images_per_sec"]
+
+
+def stack_now(cfg_path: str, overrides: list[str], root: str | None, k: int) -> float:
+    from cifar100_func.commands import grid_search
+    from cifar100_func.runtime.backend import Backend
+
+    cfg = load_config(cfg_path, overrides)
+    data = load_dataset(data_spec(cfg), root)
+    first = grid_search.expand(cfg)[0]
+    points = [dataclasses.replace(first, lr=0.001 * (i + 1), weight_decay=5e-4, index=i,
+                                  blocks=tuple(cfg.model.blocks), mid=cfg.model.bottleneck_mid) for i in range(k)]
+    rates: list[float] = []
+    grid_search.run_grid(cfg, data, Backend.create(cfg, torch.device("cpu")), points, None, progress=False,
+                         log=_rate_from_log(rates))
+    return rates[0]
 
 
 def main() -> None:
@@ -96,14 +119,12 @@ def main() -> None:
     base = args.overrides + ["dataset.max_val=500", "grid.epochs=1"]
     std = base + [f"dataset.max_train={64 * args.standard_steps}", "train.epochs=2"]
     stk = base + [f"dataset.max_train={64 * args.stack_steps}", "train.compile=false"]
-    data = load_dataset(data_spec(load_config(args.config, std)), args.data_root)
-    sdata = load_dataset(data_spec(load_config(args.config, stk)), args.data_root)
     old_cfg = str(Path(args.before) / args.config)  # each revision reads its own config file
     runs = {
-        "standard": [("before", lambda: standard_before(pkg, old_cfg, std, data)),
-                     ("now", lambda: standard_now(args.config, std, data))],
-        "stack": [("before", lambda: stack_before(pkg, old_cfg, stk, sdata, args.k)),
-                  ("now", lambda: stack_now(args.config, stk, sdata, args.k))],
+        "standard": [("before", lambda: standard_before(pkg, old_cfg, std, args.data_root)),
+                     ("now", lambda: standard_now(args.config, std, args.data_root))],
+        "stack": [("before", lambda: stack_before(pkg, old_cfg, stk, args.data_root, args.k)),
+                  ("now", lambda: stack_now(args.config, stk, args.data_root, args.k))],
     }
     skip = set(filter(None, args.skip.split(",")))
     results: dict[tuple[str, str], list[float]] = {}

@@ -228,6 +228,7 @@ class RayConfig:
     # a task's CPUs (and torch threads) when the cluster has no GPUs; else one GPU each
     cpus_per_stack: Annotated[Int, within(1, 1024)] = 1
     max_retries: Annotated[Int, within(0, 100)] = 2  # Ray runs a stack again when its worker process died
+    connect_timeout: Annotated[Float, within(0.1, 3600.0)] = 30.0  # seconds to reach grid.ray.address, then stop
     data: Literal["object_store", "data_root"] = "object_store"  # how the data reaches the workers: once through
     # Ray's object store, or read by each worker from the data root (shared storage on a multi-machine cluster)
 

@@ -1,4 +1,5 @@
-"""User-facing errors: one clear line and exit code 2, never a traceback for a user mistake."""
+"""User-facing errors: one clear line, never a traceback. Exit 2: the user's input is wrong (config, data, checkpoint,
+output location); 1: something failed on its own (a full disk, the overfit check); 3: training diverged."""
 
 from __future__ import annotations
 
@@ -25,12 +26,23 @@ class CheckpointError(UserError):
 
 
 class OutputError(UserError):
-    """An output location that cannot be written (permissions, full disk, an existing run)."""
+    """Writing failed on its own (a full disk, an I/O error): what was there before is intact."""
 
     exit_code = 1
+
+
+class OutputConflict(UserError):
+    """An output location the user chose that cannot be used: an existing run, a folder that cannot be created or
+    written, another process writing there, ``--resume`` with nothing to resume."""
 
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the best checkpoint written so far is left intact."""
 
     exit_code = 3
+
+
+class ModelNotFinite(UserError):
+    """A model whose weights or outputs are NaN or infinite: its metrics would mean nothing."""
+
+    exit_code = 1

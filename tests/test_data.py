@@ -179,7 +179,7 @@ class _Evil:
 def test_malicious_pickle_is_refused_without_running(tmp_path, capsys):
     f = tmp_path / "train"
     f.write_bytes(pickle.dumps({"data": _Evil()}))
-    with pytest.raises(DataError, match="refused to load global builtins.print"):
+    with pytest.raises(DataError, match="refused to load global .*print"):  # ray, once started, patches print
         read_pickle(f)
     assert "pwned" not in capsys.readouterr().out
 

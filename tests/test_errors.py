@@ -49,7 +49,7 @@ def test_unwritable_output_folder(run_cli, tiny_config, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     code, _, err = run_cli("train", "--config", str(tiny_config()), "--set", f"paths.runs_dir={blocker}/runs")
-    assert code == 1 and _one_line(err) and str(blocker) in err
+    assert code == 2 and _one_line(err) and str(blocker) in err
 
 
 def test_disk_full_while_writing_a_checkpoint_keeps_the_old_one(run_cli, tiny_config, tmp_path, monkeypatch):
@@ -107,3 +107,15 @@ def test_sigterm_mid_run_then_resume_matches_uninterrupted(tiny_config, tmp_path
     assert a["epoch"] == b["epoch"] == 4
     for k in b["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_exit_codes_say_whose_mistake_it_was(run_cli, tiny_config, tmp_path):
+    """2: the user chose an output that cannot be used (an existing run, nothing to resume); 1 is for failures of
+    their own (the full-disk test above)."""
+    cfg = str(tiny_config({"train": {"epochs": 1}}))
+    code, _, err = run_cli("train", "--config", cfg, "--run-name", "fresh", "--resume")
+    assert code == 2 and "--resume" in err and _one_line(err)
+    assert not (tmp_path / "runs" / "fresh").exists()  # the refused run left no folder behind
+    assert run_cli("train", "--config", cfg)[0] == 0
+    code, _, err = run_cli("train", "--config", cfg)
+    assert code == 2 and "already exists" in err and "--overwrite" in err and _one_line(err)

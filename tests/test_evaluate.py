@@ -32,7 +32,7 @@ def _evaluate_module(run_cli, config_path, ref: torch.nn.Module, folder) -> dict
     torch.save(ref.state_dict(), path)
     code, out, err = run_cli("evaluate", "--config", str(config_path), "--checkpoint", str(path))
     assert code == 0, err
-    return json.loads((folder / "eval_test.json").read_text())
+    return json.loads((folder / "model.eval_test.json").read_text())
 
 
 def test_evaluate_reference_state_dict(run_cli, tiny_config, tmp_path):
@@ -46,7 +46,7 @@ def test_evaluate_reference_state_dict(run_cli, tiny_config, tmp_path):
     assert cm.shape == (10, 10) and cm.sum() == result["num_test_images"] == 100
     # the accuracy agrees with the reference module's own eval-mode predictions (one near-tie may flip on a GPU)
     assert abs(result["test_accuracy"] - _reference_accuracy(ref, tiny_config())) <= 0.01
-    for name in ("confusion_test.png", "confusion_test_coarse.png"):
+    for name in ("model.confusion_test.png", "model.confusion_test_coarse.png"):
         assert (tmp_path / "ref" / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -55,7 +55,7 @@ def test_evaluate_project_checkpoint(run_cli, tiny_config, tmp_path):
     assert run_cli("train", "--config", cfg)[0] == 0
     code, out, err = run_cli("evaluate", "--config", cfg)  # default: <artifacts_dir>/best.ckpt
     assert code == 0, err
-    result = json.loads((tmp_path / "artifacts" / "eval_test.json").read_text())
+    result = json.loads((tmp_path / "artifacts" / "best.eval_test.json").read_text())
     assert result["checkpoint_kind"] == "project checkpoint" and result["dataset"] == "synthetic"
 
 
@@ -91,3 +91,25 @@ def test_truncated_and_malicious_checkpoints(run_cli, tiny_config, tmp_path):
     torch.save({"x": Evil()}, bad)
     code, out, err = run_cli("evaluate", "--config", cfg, "--checkpoint", str(bad))
     assert code == 2 and "refused" in err and "pwned" not in out
+
+
+def test_non_finite_weights_are_one_line_and_write_nothing(run_cli, tiny_config, tmp_path):
+    torch.manual_seed(0)
+    ref = BottleneckNetRef((1, 1, 1), 4, num_classes=10)
+    with torch.no_grad():
+        ref.fc.weight[0, 0] = float("nan")
+    (tmp_path / "bad").mkdir()
+    torch.save(ref.state_dict(), tmp_path / "bad" / "model.pt")
+    code, _, err = run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(tmp_path / "bad" / "model.pt"))
+    assert code == 1 and "NaN or inf" in err and "fc" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "bad").iterdir()) == ["model.pt"]
+
+
+def test_two_checkpoints_in_one_folder_keep_their_own_outputs(run_cli, tiny_config, tmp_path):
+    torch.manual_seed(0)
+    a = _evaluate_module(run_cli, tiny_config(), BottleneckNetRef((1, 1, 1), 4, num_classes=10), tmp_path / "two")
+    other = BottleneckNetRef((1, 1, 1), 4, num_classes=10)
+    torch.save(other.state_dict(), tmp_path / "two" / "other.pt")
+    assert run_cli("evaluate", "--config", str(tiny_config()), "--checkpoint", str(tmp_path / "two" / "other.pt"))[0] == 0
+    assert json.loads((tmp_path / "two" / "model.eval_test.json").read_text()) == a
+    assert (tmp_path / "two" / "other.eval_test.json").is_file() and (tmp_path / "two" / "other.confusion_test.png").is_file()

@@ -61,3 +61,24 @@ def test_reentrant_in_one_process_and_released_after(tmp_path):
     proc = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(60)", "pass"), str(tmp_path / "a")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and time.monotonic() - start < 60
+
+
+def test_two_train_processes_into_one_run_folder(tiny_config, tmp_path):
+    """The hostile case of issue 20: the second `train` into the same run stops with one line, exit 2, and the
+    first one's files stay its own."""
+    cfg = str(tiny_config({"train": {"epochs": 200}}))
+    cmd = [sys.executable, "-m", "cifar100_func", "train", "--config", cfg, "--run-name", "same"]
+    first = subprocess.Popen(cmd + ["--seed", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "runs" / "same" / ".lock"
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.stderr else ""
+            time.sleep(0.2)
+        second = subprocess.run(cmd + ["--seed", "2"], capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(first.pid) in lines[0] and "same" in lines[0], second.stderr
+    finally:
+        first.kill()
+        first.wait()

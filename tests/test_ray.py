@@ -66,3 +66,16 @@ def test_without_ray_the_error_says_how_to_install(run_cli, tiny_config, monkeyp
     code, out, err = run_cli("grid_search", "--config", str(tiny_config()), "--engine", "ray")
     assert code == 2
     assert err.count("\n") == 1 and "Ray is not installed" in err and "pip install -e '.[ray]'" in err
+
+
+def test_an_unreachable_cluster_is_one_line_within_the_timeout(tiny_config):
+    """Issue 20: `--address 127.0.0.1:1` retried for minutes without a word; now one line, exit 2, at once (a
+    closed port refuses) or after grid.ray.connect_timeout (a host that does not answer)."""
+    import subprocess
+
+    pytest.importorskip("ray")
+    proc = subprocess.run([sys.executable, "-m", "cifar100_func", "grid_search", "--config", str(tiny_config()),
+                           "--engine", "ray", "--address", "127.0.0.1:1", "--set", "grid.ray.connect_timeout=5"],
+                          capture_output=True, text=True, timeout=180)  # a hang fails here instead of blocking CI
+    err = proc.stderr
+    assert proc.returncode == 2 and err.count("\n") == 1 and "127.0.0.1:1" in err and "reachable" in err, err

@@ -81,7 +81,7 @@ def test_unwritable_report_folder_stops_the_study_before_its_first_stage(run_cli
     blocker.write_text("not a folder")
     code, out, err = run_cli("study", "--config", str(tiny_config(TINY_STUDY)), "--set",
                              f"paths.report_dir={blocker}/report")
-    assert code == 1 and str(blocker) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert code == 2 and str(blocker) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "== sanity" not in out and not (tmp_path / "runs" / "sanity").exists()
 
 
@@ -114,7 +114,7 @@ def test_study_with_the_recipe_and_a_seed_ensemble(run_cli, tiny_config, tmp_pat
     assert "A seed ensemble of 2 models" in report and "| member |" in report
     assert "`grid.max_train=200`" in report and "`study.final_seeds=2`" in report
     assert not re.search(r"\{[a-z_]+\}|None|nan|TODO", report)
-    test = json.loads((tmp_path / "artifacts" / "study" / "eval_test.json").read_text())
+    test = json.loads((tmp_path / "artifacts" / "study" / "best.eval_test.json").read_text())
     assert test["ensemble_size"] == 2 and len(test["members"]) == 2
     final = [json.loads(line) for line in
              (tmp_path / "runs" / "study" / "final" / "metrics.jsonl").read_text().splitlines()]

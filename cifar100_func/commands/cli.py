@@ -115,13 +115,34 @@ def setup(cfg: Config, rt: Runtime, out_dir: Path | None) -> Prepared:
     return Prepared(cfg, backend, data, out_dir, tag)
 
 
+def exclusive(folders: Callable[..., Sequence[Path]]) -> Callable:
+    """Decorator of a command's ``execute``: it holds the lock (:mod:`..runtime.lock`) of every output folder
+    ``folders(*args, **kwargs)`` names while it runs, so a second process into the same folder stops at once."""
+    import contextlib
+    import functools
+
+    from ..runtime.lock import folder_lock
+
+    def wrap(execute: Callable) -> Callable:
+        @functools.wraps(execute)
+        def run(*args, **kwargs):
+            with contextlib.ExitStack() as held:
+                for folder in folders(*args, **kwargs):
+                    held.enter_context(folder_lock(folder))
+                return execute(*args, **kwargs)
+
+        return run
+
+    return wrap
+
+
 def check_writable(folders: Sequence[Path]) -> None:
     """Create every output folder and write a file in each, before any work: a folder that cannot take the
-    outputs is one ``OutputError`` line now, not a traceback after hours of training."""
+    outputs is one ``OutputConflict`` line now (exit 2), not a traceback after hours of training."""
     import os
     import tempfile
 
-    from ..errors import OutputError
+    from ..errors import OutputConflict
     from ..runtime.io import ensure_dir
 
     for folder in folders:
@@ -131,4 +152,4 @@ def check_writable(folders: Sequence[Path]) -> None:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise OutputError(f"output folder {str(folder)!r} is not writable: {exc.strerror or exc}") from None
+            raise OutputConflict(f"output folder {str(folder)!r} is not writable: {exc.strerror or exc}") from None

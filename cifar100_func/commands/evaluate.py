@@ -10,12 +10,14 @@ evaluated as one stack: the ensemble's metrics (mean of the members' softmax) an
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from . import cli
 from ..runtime.backend import Backend
@@ -23,7 +25,7 @@ from ..runtime.checkpoint import load_members
 from ..core import trees
 from ..config import Config
 from ..data.dataset import Dataset
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ModelNotFinite
 from ..runtime.io import atomic_write_json
 from ..runtime.from_config import pipeline
 from ..runtime.loop import evaluate, make_eval
@@ -68,25 +70,51 @@ def evaluate_test(params, state, data: Dataset, cfg: Config, backend: Backend, m
     return out
 
 
+def outputs(checkpoint: str | Path) -> dict[str, Path]:
+    """What evaluating ``checkpoint`` writes, beside it and named by it (``best.ckpt`` -> ``best.eval_test.json``,
+    ``best.confusion_test.png``, ``best.confusion_test_coarse.png``), so that evaluations of two checkpoints in one
+    folder keep their own files."""
+    path = Path(checkpoint)
+    return {"metrics": path.with_name(f"{path.stem}.eval_test.json"),
+            "fine": path.with_name(f"{path.stem}.confusion_test.png"),
+            "coarse": path.with_name(f"{path.stem}.confusion_test_coarse.png")}
+
+
 @dataclass(frozen=True)
 class EvalResult:
-    """The test metrics (``eval_test.json``) and the folder with them and the confusion matrices."""
+    """The test metrics and where they and the confusion matrices are (:func:`outputs`)."""
 
     metrics: dict
-    out_dir: Path
+    files: dict[str, Path]
 
     @property
     def figures(self) -> dict[str, Path]:
-        return {"fine": self.out_dir / "confusion_test.png", "coarse": self.out_dir / "confusion_test_coarse.png"}
+        return {k: self.files[k] for k in ("fine", "coarse")}
 
 
 def load(checkpoint: Path) -> EvalResult:
     """The result an earlier evaluation of ``checkpoint`` left (raises when it is missing or damaged)."""
-    out = Path(checkpoint).parent
-    metrics = json.loads((out / "eval_test.json").read_text())
+    files = outputs(checkpoint)
+    metrics = json.loads(files["metrics"].read_text())
     if not isinstance(metrics, dict) or "test_accuracy" not in metrics:
-        raise ValueError(f"{out / 'eval_test.json'}: no test accuracy")
-    return EvalResult(metrics, out)
+        raise ValueError(f"{files['metrics']}: no test accuracy")
+    return EvalResult(metrics, files)
+
+
+def _check_finite(path: Path, models: list) -> None:
+    """A model with NaN or inf weights or statistics gives meaningless numbers: stop with one line instead."""
+    for j, (params, state) in enumerate(models):
+        for name, t in list(_named(params)) + list(_named(state)):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                who = f"member {j + 1}, " if len(models) > 1 else ""
+                raise ModelNotFinite(f"{path}: {who}{name} holds NaN or inf values; this model cannot be evaluated")
+
+
+def _named(tree):
+    from torch.utils._pytree import keystr, tree_flatten_with_path
+
+    for keys, leaf in tree_flatten_with_path(tree)[0]:
+        yield keystr(keys), leaf
 
 
 def execute(cfg: Config, rt: cli.Runtime, checkpoint: str | Path | None = None) -> EvalResult:
@@ -96,6 +124,7 @@ def execute(cfg: Config, rt: cli.Runtime, checkpoint: str | Path | None = None) 
     run = cli.setup(cfg, rt, None)
     dev, data, backend = run.device, run.data, run.backend
     models, meta, arch = load_members(path)
+    _check_finite(path, models)
     if arch.num_classes != data.num_classes:
         raise CheckpointError(f"{path}: the model predicts {arch.num_classes} classes, the data set has "
                               f"{data.num_classes}")
@@ -113,13 +142,16 @@ def execute(cfg: Config, rt: cli.Runtime, checkpoint: str | Path | None = None) 
         "architecture": {"blocks": list(arch.blocks), "bottleneck_mid": arch.mid, "num_classes": arch.num_classes},
         "dataset": "synthetic" if data.synthetic else "cifar100",
     })
-    out = path.parent
+    if not all(math.isfinite(result[k]) for k in ("test_loss", "test_accuracy")):
+        raise ModelNotFinite(f"{path}: the model's outputs are not finite (test loss {result['test_loss']}); "
+                             "this model cannot be evaluated")
+    files = outputs(path)
     tag = " [SYNTHETIC DATA]" if data.synthetic else ""
-    confusion_matrix_figure(np.array(result["confusion_matrix"]), data.class_names, out / "confusion_test.png",
+    confusion_matrix_figure(np.array(result["confusion_matrix"]), data.class_names, files["fine"],
                             f"test confusion matrix, {data.num_classes} classes{tag}")
     confusion_matrix_figure(np.array(result["confusion_matrix_coarse"]), data.coarse_names,
-                            out / "confusion_test_coarse.png", f"test confusion matrix, coarse classes{tag}")
-    atomic_write_json(out / "eval_test.json", result)
+                            files["coarse"], f"test confusion matrix, coarse classes{tag}")
+    atomic_write_json(files["metrics"], result)
     worst = sorted(result["per_class_accuracy"].items(), key=lambda kv: kv[1])[:5]
     print(f"{'[SYNTHETIC] ' if data.synthetic else ''}test ({result['num_test_images']} images, "
           f"{result['checkpoint_kind']}, blocks {list(arch.blocks)}, mid {arch.mid}): "
@@ -129,8 +161,8 @@ def execute(cfg: Config, rt: cli.Runtime, checkpoint: str | Path | None = None) 
         print(f"  member {j + 1}: loss {m['test_loss']:.4f}, accuracy "
               f"{m['test_accuracy']:.4f}, top-5 {m['test_top5_accuracy']:.4f}")
     print("hardest classes: " + ", ".join(f"{name} {a:.2f}" for name, a in worst))
-    print(f"wrote {out / 'eval_test.json'}, {out / 'confusion_test.png'}, {out / 'confusion_test_coarse.png'}")
-    return EvalResult(result, out)
+    print(f"wrote {files['metrics']}, {files['fine']}, {files['coarse']}")
+    return EvalResult(result, files)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

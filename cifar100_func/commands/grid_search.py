@@ -264,6 +264,7 @@ def load(cfg: Config) -> GridResult:
     return GridResult(rows, d, cfg.dataset.name == "synthetic")
 
 
+@cli.exclusive(lambda cfg, *args, **kwargs: [out_dir(cfg)])
 def execute(cfg: Config, rt: cli.Runtime, only: dict[str, Any] | None = None, force: bool = False) -> GridResult:
     """Train the grid of ``cfg`` (the points ``only`` selects); writes ``<runs_dir>/grid_search/``; ``force``
     trains every stack again (else finished ones are kept from their records)."""

@@ -201,6 +201,7 @@ def load(cfg: Config) -> LrFinderResult:
     return LrFinderResult(json.loads((d / "lr_finder.json").read_text()), d)
 
 
+@cli.exclusive(lambda cfg, *args, **kwargs: [out_dir(cfg)])
 def execute(cfg: Config, rt: cli.Runtime) -> LrFinderResult:
     """Run the range test of ``cfg``; writes ``<runs_dir>/lr_finder/``."""
     out = out_dir(cfg)

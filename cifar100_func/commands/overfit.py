@@ -64,6 +64,7 @@ def load(cfg: Config) -> OverfitResult:
     return OverfitResult(json.loads((d / "overfit.json").read_text()), d)
 
 
+@cli.exclusive(lambda cfg, *args, **kwargs: [out_dir(cfg)])
 def execute(cfg: Config, rt: cli.Runtime) -> OverfitResult:
     """Run the check of ``cfg`` (its ``overfit`` section); writes ``<runs_dir>/overfit/``; raises
     :class:`OverfitFailed` (exit 1) when the target is not reached."""

@@ -84,6 +84,7 @@ def load(cfg: Config) -> SanityResult:
     return SanityResult(json.loads((d / "sanity.json").read_text()), d)
 
 
+@cli.exclusive(lambda cfg, *args, **kwargs: [out_dir(cfg)])
 def execute(cfg: Config, rt: cli.Runtime) -> SanityResult:
     """Run the checks of ``cfg``; writes ``<runs_dir>/sanity/``."""
     run = cli.setup(cfg, rt, out_dir(cfg))

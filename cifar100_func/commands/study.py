@@ -150,6 +150,7 @@ class StudyResult:
     test: evaluate.EvalResult
 
 
+@cli.exclusive(lambda cfg, *args, **kwargs: [Layout.of(cfg).state, Layout.of(cfg).report])
 def execute(cfg: Config, rt: cli.Runtime, force: set[str] | None = None) -> StudyResult:
     """Run (or reuse) every stage of the study on ``cfg`` and write the report."""
     from ..report.report import StudyResults, write_report
@@ -176,7 +177,7 @@ def execute(cfg: Config, rt: cli.Runtime, force: set[str] | None = None) -> Stud
     checkpoint = file_fingerprints([where.best_ckpt])[str(where.best_ckpt)] or ""
     test = cache.stage("evaluate", inputs.evaluate(fcfg, data_id, checkpoint),
                        lambda: evaluate.execute(fcfg, rt, final.best_ckpt), lambda: evaluate.load(where.best_ckpt),
-                       lambda: [where.best_ckpt.parent / "eval_test.json"])
+                       lambda: [evaluate.outputs(where.best_ckpt)["metrics"]])
     results = StudyResults(checks, over, finder, grid, final, test, cache.records)
     path = write_report(cfg, fcfg, results, where.report)
     print(f"report: {path}")

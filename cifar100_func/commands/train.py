@@ -13,7 +13,7 @@ from typing import Sequence
 
 from . import cli
 from ..config import Config
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, OutputConflict
 from ..runtime.io import ensure_dir, read_jsonl
 from ..runtime.trainer import RunFiles, fit
 
@@ -53,6 +53,19 @@ def load(run_dir: Path, best_ckpt: Path) -> TrainResult:
     return TrainResult(run_dir, best_ckpt, metrics, best["val_acc"], best["epoch"])
 
 
+def output_paths(cfg: Config, run_name: str = "train", best_ckpt: Path | None = None) -> tuple[Path, Path]:
+    """(run folder, best checkpoint) of a run: ``<runs_dir>/<run_name>`` and ``best_ckpt`` (default
+    ``<artifacts_dir>/best.ckpt``)."""
+    return Path(cfg.paths.runs_dir) / run_name, Path(best_ckpt or Path(cfg.paths.artifacts_dir) / "best.ckpt")
+
+
+def _folders(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt: Path | None = None,
+             **_) -> list[Path]:
+    run_dir, best = output_paths(cfg, run_name, best_ckpt)
+    return [run_dir, best.parent]
+
+
+@cli.exclusive(_folders)
 def execute(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt: Path | None = None,
             resume: bool = False, overwrite: bool = False, members: int = 1) -> TrainResult:
     """Train ``cfg`` into ``<runs_dir>/<run_name>`` with the best checkpoint at ``best_ckpt`` (default
@@ -60,16 +73,15 @@ def execute(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt:
     ``members`` > 1 trains a seed ensemble as one stack."""
     if members < 1:
         raise ConfigError(f"--ensemble {members}: must be at least 1")
-    run_dir = Path(cfg.paths.runs_dir) / run_name
-    best = Path(best_ckpt or Path(cfg.paths.artifacts_dir) / "best.ckpt")
+    run_dir, best = output_paths(cfg, run_name, best_ckpt)
     files = RunFiles(run_dir, best, run_dir / "last.ckpt", run_dir / "tb" if cfg.paths.tensorboard else None)
     assert files.last_ckpt is not None
     if resume and not files.last_ckpt.is_file():
-        raise OutputError(f"--resume: no {files.last_ckpt} to continue from (start without --resume)")
+        raise OutputConflict(f"--resume: no {files.last_ckpt} to continue from (start without --resume)")
     if not resume and not overwrite:
         for existing in (run_dir / "metrics.jsonl", best):
             if existing.exists():
-                raise OutputError(
+                raise OutputConflict(
                     f"{existing} already exists: pass --resume to continue that run, --overwrite to replace it, "
                     "or choose other paths (--run-name, --set paths.artifacts_dir=...)")
     run = cli.setup(cfg, rt, run_dir)

@@ -69,6 +69,36 @@ def _ray_gpu_ids() -> list:
     return ray.get_gpu_ids()
 
 
+def reachable(address: str, timeout: float) -> str | None:
+    """None when something accepts TCP connections at ``address`` ("host:port", "ray://host:port") within
+    ``timeout`` seconds, else why not (Ray itself retries an address that does not answer for minutes)."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return "not of the form host:port"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def connect(ray, address: str | None, timeout: float) -> None:
+    """``ray.init`` on ``address`` (None: a local cluster), bounded: a cluster that cannot be reached is one line,
+    exit 2, after at most ``timeout`` seconds."""
+    if address not in (None, "auto", "local"):
+        why = reachable(address, timeout)
+        if why is not None:
+            raise ConfigError(f"grid.ray.address {address}: no Ray cluster reachable there within {timeout:g} s "
+                              f"({why})")
+    try:
+        ray.init(address=address, log_to_driver=True, include_dashboard=False)
+    except (ConnectionError, TimeoutError) as exc:
+        raise ConfigError(f"grid.ray.address {address}: cannot join the Ray cluster "
+                          f"({' '.join(str(exc).split())[:200]})") from None
+
+
 class RayEngine:
     """Runs the jobs of a rung as parallel Ray tasks and yields each as it finishes (its record is written then)."""
 
@@ -76,7 +106,7 @@ class RayEngine:
         ray = self.ray = require_ray()
         rc = cfg.grid.ray
         if not ray.is_initialized():
-            ray.init(address=rc.address, log_to_driver=True, include_dashboard=False)
+            connect(ray, rc.address, rc.connect_timeout)
         gpus = ray.cluster_resources().get("GPU", 0)
         self.options = {"num_gpus": 1} if gpus else {"num_cpus": rc.cpus_per_stack}
         self.options["max_retries"] = rc.max_retries

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import OutputError
+from ..errors import OutputConflict, OutputError
+
+
+DISK_FAILURES = {errno.ENOSPC, errno.EIO, errno.EDQUOT}  # failures of the disk, not of the path the user chose
 
 
 def _umask() -> int:
@@ -32,13 +36,15 @@ def write_failure(exc: BaseException) -> str | None:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (and parents); a clear ``OutputError`` when that is impossible."""
+    """Create ``path`` (and parents); one line when that is impossible: ``OutputConflict`` (exit 2) for a path the
+    user can fix, ``OutputError`` (exit 1) for a disk that failed."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create output folder {str(path)!r}: {exc.strerror or exc}") from None
+        error = OutputError if exc.errno in DISK_FAILURES else OutputConflict
+        raise error(f"cannot create output folder {str(path)!r}: {exc.strerror or exc}") from None
     if not os.access(path, os.W_OK):
-        raise OutputError(f"output folder {str(path)!r} is not writable")
+        raise OutputConflict(f"output folder {str(path)!r} is not writable")
     return path
 
 

@@ -4,7 +4,7 @@
 holder's pid into it. The kernel releases the lock however the process ends (exit, exception, SIGKILL), so a
 stale lock file of a dead process is simply taken over. A second process into the same folder stops at once with
 one line naming the folder and the holder's pid (exit 2). Locks are re-entrant within a process (the study holds
-its folders while its stages take theirs).
+its folders while its stages take theirs). A folder the lock created and nothing else wrote into is removed again.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import UserError
+from ..errors import OutputConflict
 from .io import ensure_dir
 
 LOCK_NAME = ".lock"
 _held: dict[Path, tuple[int, int]] = {}  # folder -> (file descriptor, depth) held by this process
 
 
-class FolderBusy(UserError):
+class FolderBusy(OutputConflict):
     """Another process writes into the same output folder."""
 
 
@@ -37,6 +37,7 @@ def _holder(path: Path) -> str:
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
     """Hold ``folder``'s lock (creating the folder) for the duration of the block; see the module docstring."""
+    created = not Path(folder).exists()
     folder = ensure_dir(Path(folder)).resolve()
     if folder in _held:
         fd, depth = _held[folder]
@@ -62,4 +63,7 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         yield folder
     finally:
         _held.pop(folder, None)
-        os.close(fd)  # releases the flock; the file stays (unlinking it would race with a waiting process)
+        if created and os.listdir(folder) == [LOCK_NAME]:  # a command that stopped before writing: leave nothing
+            os.unlink(path)
+            os.rmdir(folder)
+        os.close(fd)  # releases the flock; a lock file that stays is taken over by the next holder
