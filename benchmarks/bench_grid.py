@@ -5,7 +5,7 @@ shared batch, per-model lr/wd from the hyper-parameter table, divergence masking
 standard path that trains the same models one after another (its per-model rate does not depend on K, so it is
 measured once per mode and round). Every variant is built as the commands build it: a config (``train.compile``
 from the mode, ``grid.batching`` from the formulation) turned into a :class:`~cifar100_func.runtime.backend.Backend` and an
-engine, which decide the precision, the compilation, the batching rules and the memory format of the batches and
+runner, which decide the precision, the compilation, the batching rules and the memory format of the batches and
 weights. The stacked convolutions and batch norms run in each formulation asked for (``per_model``: the rules of
 :mod:`cifar100_func.runtime.batching`; ``grouped``: vmap's built-in rules). Rounds alternate so machine drift hits every
 variant alike. Compilation is not timed.
@@ -52,11 +52,11 @@ def variant_config(path: str, overrides: list[str], mode: str, formulation: str)
 
 
 def build(cfg, data, device, k: int | None, mode: str, steps: int):
-    """(run(x, y) -> loss, engine) for a stack of k models (k None: the standard path), with its trees."""
+    """(run(x, y) -> loss, runner) for a stack of k models (k None: the standard path), with its trees."""
     tc = cfg.train
     backend = Backend.create(cfg, device)
     compile = mode == "compiled"  # forced: a benchmark's few steps are below the commands' 200-step threshold
-    engine = backend.engine(k, steps, compile=compile)
+    runner = backend.runner(k, steps, compile=compile)
     opt = recipe.optimizer(tc, recipe.hyper(cfg), steps)  # a schedule holds its last value after its end
     step = make_train_step(opt, precision=backend.precision, device_type=device.type)
     n = 1 if k is None else k
@@ -64,23 +64,23 @@ def build(cfg, data, device, k: int | None, mode: str, steps: int):
     plan = Plan(arch_from(cfg, data.num_classes), [tc.seed] * n, [opt] * n, 1, shared_data=True,
                 guard=k is not None, stacked=k is not None)
     P, S, O = init_trees(plan, backend.precision, device)
-    P, O = engine.params(P), engine.params(O)
+    P, O = runner.params(P), runner.params(O)
     if k is None:
-        fn = engine.wrap(step)
+        fn = runner.wrap(step)
         carry = [P, S, O]
 
         def run(x, y):
-            carry[0], carry[1], carry[2], loss, _ = fn(*carry, engine.batch(x), y)
+            carry[0], carry[1], carry[2], loss, _ = fn(*carry, runner.batch(x), y)
             return loss
     else:
-        fn = engine.wrap(guarded(vmap(step, in_dims=(0, 0, 0, None, None))))
+        fn = runner.wrap(guarded(vmap(step, in_dims=(0, 0, 0, None, None))))
         carry = [P, S, O, torch.ones(k, dtype=torch.bool, device=device)]
 
         def run(x, y):
             P, S, O, active = carry
-            carry[0], carry[1], carry[2], loss, _, carry[3] = fn(P, S, O, engine.batch(x), y, active)
+            carry[0], carry[1], carry[2], loss, _, carry[3] = fn(P, S, O, runner.batch(x), y, active)
             return loss
-    return run, engine, backend
+    return run, runner, backend
 
 
 def timed(run, batches, steps: int, models: int, device) -> float:
@@ -130,7 +130,7 @@ def main() -> None:
     pipe = pipeline(cfg, device)
     variants = [(m, None, "") for m in modes] + [(m, k, f) for m in modes for k in ks for f in forms]
     n_steps = 3 * args.rounds + args.steps * args.rounds
-    # every engine before any compilation: creating a compiled engine resets dynamo's caches
+    # every runner before any compilation: creating a compiled runner resets dynamo's caches
     runners = {v: build(variant_config(args.config, overrides, v[0], v[2] or "auto"), data, device, v[1], v[0],
                         n_steps) for v in variants}
     backends = [b for _, _, b in runners.values()]
@@ -141,13 +141,13 @@ def main() -> None:
     results: dict = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in variants:
-            run, engine, _ = runners[v]
+            run, runner, _ = runners[v]
             batches = train_batches(data.train, pipe, cfg.train.batch_size, 0, r)
             ips = timed(run, batches, args.steps, v[1] or 1, device)
             results[v].append(ips)
             name = "sequential" if v[1] is None else f"stacked K={v[1]} {v[2]}"
             print(f"round {r + 1}: {v[0]:>8} {name:>26}: {ips:8.1f} model-images/s"
-                  + (f"  [{engine.describe()}]" if r == 0 else ""), flush=True)
+                  + (f"  [{runner.describe()}]" if r == 0 else ""), flush=True)
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"\ndevice {device} ({where}); torch {torch.__version__}; blocks {list(cfg.model.blocks)}, "
           f"mid {cfg.model.bottleneck_mid}; batch {cfg.train.batch_size}; precision {backends[0].precision.name}; "

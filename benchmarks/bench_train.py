@@ -6,7 +6,7 @@ augmentation, the pure ``grad_and_value`` step and the functional Adam, run exac
 (the loop of :mod:`cifar100_func.runtime.loop` for one model: the backend's precision, memory format and compilation, the
 hyper-parameter table scaled by the schedule), in the variants named on the command line. Each variant is a
 config (``train.precision``, ``train.channels_last``, ``train.compile`` set from its name) turned into a
-:class:`~cifar100_func.runtime.backend.Backend` and an engine, as the commands do; compilation happens in the warm-up, not
+:class:`~cifar100_func.runtime.backend.Backend` and a runner, as the commands do; compilation happens in the warm-up, not
 in the timed steps. Rounds alternate between the variants so that drift of the machine hits all of them alike; the
 table gives the median images/s and the ratio to the reference.
 
@@ -62,33 +62,33 @@ def variant_overrides(name: str) -> list[str]:
 
 
 class Ours:
-    """One variant of the standard path: its backend, engine, step and trees, built once (compiled on first call)."""
+    """One variant of the standard path: its backend, runner, step and trees, built once (compiled on first call)."""
 
     def __init__(self, cfg, data, device: torch.device, steps: int) -> None:
         tc = cfg.train
         self.cfg, self.data = cfg, data
         self.backend = Backend.create(cfg, device)
-        # fit's plan for one model; the engine compiles when the variant says so, whatever the number of steps
+        # fit's plan for one model; the runner compiles when the variant says so, whatever the number of steps
         # (the schedule's table: a schedule holds its last value after its end, so any number of steps runs)
         opt = recipe.optimizer(tc, recipe.hyper(cfg), steps + 3)
         plan = Plan(arch_from(cfg, data.num_classes), [tc.seed], [opt], 1, stacked=False)
-        self.engine = self.backend.engine(None, steps + 3, compile=self.backend.compile)
+        self.runner = self.backend.runner(None, steps + 3, compile=self.backend.compile)
         step = make_train_step(opt, precision=self.backend.precision, device_type=device.type)
-        self.step = self.engine.wrap(step)
+        self.step = self.runner.wrap(step)
         P, S, O = init_trees(plan, self.backend.precision, device)
-        self.carry = [self.engine.params(P), S, self.engine.params(O)]
+        self.carry = [self.runner.params(P), S, self.runner.params(O)]
         self.pipe = pipeline(cfg, device)
 
     def run(self, n: int, epoch: int) -> int:
         """``n`` training steps on the batches of ``epoch``, as the loop runs them; returns the images seen."""
         P, S, O = self.carry
         seen = 0
-        engine, device = self.engine, self.backend.device
+        runner, device = self.runner, self.backend.device
         for i, (x, y) in enumerate(train_batches(self.data.train, self.pipe, self.cfg.train.batch_size,
                                                  self.cfg.train.seed, epoch)):
             if i == n:
                 break
-            P, S, O, loss, _ = self.step(P, S, O, engine.batch(x), y)
+            P, S, O, loss, _ = self.step(P, S, O, runner.batch(x), y)
             seen += len(y)
         loss.item()
         if device.type == "cuda":
@@ -125,7 +125,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     data = load_dataset(data_spec(cfg), args.data_root)
     ddata = data.to(device)
-    # every variant's backend and engine before any compilation (a compiled engine resets dynamo's caches), and
+    # every variant's backend and runner before any compilation (a compiled runner resets dynamo's caches), and
     # before the reference runs, so that the process setting (allocator) is the same for every pipeline
     ours = {name: Ours(load_config(args.config, [*args.overrides, *overrides[name]]), ddata, device, args.steps)
             for name in variants}
@@ -133,7 +133,7 @@ def main() -> None:
     if args.no_malloc_tuning and tuned:
         raise SystemExit("--no-malloc-tuning: the backend applied the allocator setting anyway")
     for name, o in ours.items():
-        print(f"{name}: {o.backend.header()}; {o.engine.describe()}", flush=True)
+        print(f"{name}: {o.backend.header()}; {o.runner.describe()}", flush=True)
         o.run(3, 0)  # warm-up (and compilation)
     names = ["reference"] + variants
     results: dict[str, list[float]] = {n: [] for n in names}
@@ -155,7 +155,7 @@ def main() -> None:
         if name == "reference":
             label = f"reference (nn.Module + torchvision + DataLoader, {args.workers} workers)"
         else:
-            fell_back = " (compile failed: eager)" if ours[name].engine.fallback else ""
+            fell_back = " (compile failed: eager)" if ours[name].runner.fallback else ""
             label = f"standard path, {name}{fell_back}"
         print(f"| {label} | {med:.0f} | {med / ref:.2f}x |")
 

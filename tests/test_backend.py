@@ -49,17 +49,17 @@ def test_compile_failure_continues_eagerly_with_eager_settings(tiny_config, monk
     eager = fit_stack(cfg, data, arch_from(cfg, 10), members, 1, shared_data=True, compile=False)
     monkeypatch.setattr(torch, "compile", broken_compile)
     lines = []
-    engine = Backend.create(cfg, DEV).engine(2, 3, compile=True, log=lines.append)
-    assert engine.compiled and not engine.per_model and not engine.channels_last
+    runner = Backend.create(cfg, DEV).runner(2, 3, compile=True, log=lines.append)
+    assert runner.compiled and not runner.per_model and not runner.channels_last
     fell = fit_stack(cfg, data, arch_from(cfg, 10), members, 1, shared_data=True, compile=True)
     assert fell.extra["compile_fallback"] == "RuntimeError: no C++ compiler second line"
-    assert "eager after a compile failure" in fell.engine and "per_model" in fell.engine
-    assert "channels_last True" in fell.engine
-    assert all("eager after a compile failure" in m[-1]["engine"] for m in fell.metrics)
+    assert "eager after a compile failure" in fell.runner and "per_model" in fell.runner
+    assert "channels_last True" in fell.runner
+    assert all("eager after a compile failure" in m[-1]["runner"] for m in fell.metrics)
     torch.testing.assert_close(fell.step_losses, eager.step_losses, rtol=1e-12, atol=0)
     # the one warning line, through the loop's log
-    engine = Backend.create(cfg, DEV).engine(2, 3, compile=True, log=lines.append)
-    engine.wrap(lambda x: x + 1)(torch.ones(1))
+    runner = Backend.create(cfg, DEV).runner(2, 3, compile=True, log=lines.append)
+    runner.wrap(lambda x: x + 1)(torch.ones(1))
     assert len(lines) == 1 and lines[0].startswith("warning: torch.compile failed (RuntimeError: no C++ compiler")
     assert "\n" not in lines[0] and "continuing eagerly" in lines[0]
 
@@ -75,7 +75,7 @@ def test_compile_failure_continues_eagerly_with_eager_settings(tiny_config, monk
     ("train", 3, 250, True, None, True, None, True),  # grid.compile null: train.compile and the step count
     ("train", 3, 10, True, None, True, None, False),
     ("eval", None, 5000, True, None, False, None, False),  # one model's evaluation: eager
-    ("eval", None, 5000, True, None, False, True, False),  # ... even in an engine forced to compile
+    ("eval", None, 5000, True, None, False, True, False),  # ... even in a runner forced to compile
     ("eval", 3, 250, True, None, False, None, True),  # a stack's evaluation follows its training step
     ("eval", 3, 0, True, None, False, None, False),  # the evaluate command: no training steps
     ("train", None, 3, False, None, False, True, True),  # forced by a caller (tests, benchmarks)
@@ -89,9 +89,9 @@ def test_the_engine_and_the_header_say_what_was_chosen_and_why():
     cfg = load_config(None, ["train.compile=true", "grid.compile=false"])
     backend = Backend.create(cfg, DEV)
     assert "runs of >= 200 steps" in backend.header() and "grid stacks eager (grid.compile)" in backend.header()
-    short = backend.engine(None, 50)
+    short = backend.runner(None, 50)
     assert not short.compiled and "50 steps < 200" in short.describe()
-    grid = backend.engine(3, 5000, grid=True)
+    grid = backend.runner(3, 5000, grid=True)
     assert not grid.compiled and "grid.compile false" in grid.describe()
     # evaluating a checkpoint (no training steps) is eager, one model or an ensemble
-    assert not backend.engine(None, 0).compiled and not backend.engine(4, 0).compiled
+    assert not backend.runner(None, 0).compiled and not backend.runner(4, 0).compiled

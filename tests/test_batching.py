@@ -79,7 +79,7 @@ def _backend(device: str, batching: str) -> Backend:
 
 def test_the_backend_installs_the_rules_for_eager_stacks_on_the_cpu_only():
     def form(device, batching, k, compiled):
-        e = _backend(device, batching).engine(k, 10, compiled)
+        e = _backend(device, batching).runner(k, 10, compiled)
         return e.per_model, e.channels_last
 
     assert form("cpu", "auto", 3, False) == (True, True)  # eager stack: per-model kernels, channels-last batches
@@ -133,7 +133,7 @@ def test_compiled_stack_matches_the_eager_stack(tiny_config, formulation):
     members = [(0.01, 0.0, 0), (0.02, 5e-4, 0), (0.03, 1e-3, 0)]
     eager, compiled = (fit_stack(cfg, data, arch_from(cfg, data.num_classes), members, 1, shared_data=True,
                                  compile=c) for c in (False, True))
-    assert compiled.extra["compile_fallback"] is None and "compiled" in compiled.engine
+    assert compiled.extra["compile_fallback"] is None and "compiled" in compiled.runner
     torch.testing.assert_close(compiled.step_losses, eager.step_losses, rtol=1e-9, atol=1e-10)
     for a, b in zip(tree_leaves((compiled.params, compiled.state)), tree_leaves((eager.params, eager.state))):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -17,7 +17,7 @@ from cifar100_func.runtime import trainer
 from cifar100_func.runtime.backend import Backend
 from cifar100_func.config import load_config
 from cifar100_func.data.dataset import load_dataset
-from cifar100_func.core.hparams import Hyper
+from cifar100_func.core.hyper import Hyper
 from cifar100_func.data.loader import steps_per_epoch
 from cifar100_func.runtime.loop import Plan, train, unstack
 
@@ -202,10 +202,10 @@ def test_stacks_compile_only_when_it_pays(tiny_config, grid_compile, train_compi
     grid marks its plans as grid stacks and the backend's compile policy decides."""
     cfg, data, _ = _setup(tiny_config, {"train": {"compile": train_compile, "channels_last": True},
                                         "grid": {"compile": grid_compile}})
-    engine = Backend.create(cfg, DEV).engine(3, n_steps, grid=True)
-    assert engine.compiled == expected
+    runner = Backend.create(cfg, DEV).runner(3, n_steps, grid=True)
+    assert runner.compiled == expected
     # an eager stack on a CPU runs the per-model rules and channels-last batches; a compiled one vmap's own rules
-    assert engine.per_model == (not expected) and engine.channels_last == (not expected)
+    assert runner.per_model == (not expected) and runner.channels_last == (not expected)
 
 
 @pytest.mark.parametrize("independent", [False, True])

@@ -9,7 +9,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from cifar100_func.core import optim
 from cifar100_func.config import OptimizerConfig, TrainConfig
-from cifar100_func.core.hparams import Hyper
+from cifar100_func.core.hyper import Hyper
 from cifar100_func.runtime import recipe
 
 RTOL, ATOL = 1e-5, 1e-6

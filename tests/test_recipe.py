@@ -15,7 +15,7 @@ from cifar100_func.core import optim
 from cifar100_func.config import OptimizerConfig, PreprocessConfig, SchedulerConfig, TrainConfig
 from cifar100_func.core.augment import Augmentation
 from cifar100_func.data.dataset import Split
-from cifar100_func.core.hparams import Hyper, Scheduled
+from cifar100_func.core.hyper import Hyper, Scheduled
 from cifar100_func.data.loader import Pipeline, epoch_order, train_batches
 from cifar100_func.runtime.loop import Plan, _batches
 from cifar100_func.core.model import Arch

@@ -41,10 +41,10 @@ def evaluate_test(params, state, data: Dataset, cfg: Config, backend: Backend, m
     """Test metrics plus confusion matrices (fine and coarse) for one model already on the backend's device, or,
     with ``members`` > 0, for the ensemble of a stack of that many (mean of their softmax), each member's metrics
     under ``"members"``."""
-    engine = backend.engine(members or None, 0)
+    runner = backend.runner(members or None, 0)
     pipe = pipeline(cfg, backend.device)
-    res = evaluate(make_eval(backend, engine, stacked=members > 0), engine.params(params), state, data.test, pipe,
-                   cfg.train.eval_batch_size, engine, keep_predictions=True, ensemble=members > 0)
+    res = evaluate(make_eval(backend, runner, stacked=members > 0), runner.params(params), state, data.test, pipe,
+                   cfg.train.eval_batch_size, runner, keep_predictions=True, ensemble=members > 0)
     true = data.test.y.cpu().numpy()
     ens = res.get("ensemble")
     pred = (ens["predictions"] if ens else res["predictions"][0]).numpy()

@@ -34,7 +34,7 @@ from ..runtime.io import atomic_write_json, atomic_write_text
 from ..runtime.backend import Backend
 from ..grid.run import GridRun, Member, Stack, member_trees
 from ..runtime.events import write_hparams
-from ..core.hparams import Hyper
+from ..core.hyper import Hyper
 
 ONLY_KEYS = {
     "lr": "lr", "train.optimizer.lr": "lr",

@@ -28,7 +28,7 @@ from ..data.dataset import Dataset
 from ..runtime.io import atomic_write_json, atomic_write_text
 from ..runtime.backend import Backend
 from ..core import schedules
-from ..core.hparams import Scheduled
+from ..core.hyper import Scheduled
 from ..runtime import recipe
 from ..data.loader import steps_per_epoch
 from ..runtime.from_config import pipeline

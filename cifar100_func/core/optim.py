@@ -4,7 +4,7 @@ A :class:`Transform` maps the gradients (a list of leaves, in ``tree_flatten`` o
 ``init(params) -> state`` and ``update(updates, state, params) -> (updates, state)``, states are NamedTuples.
 :func:`chain` composes them. An :class:`Optimizer` is ``optax.inject_hyperparams`` on parameter trees: its
 hyper-parameters (lr, weight decay, momentum, and the loss's label smoothing), constants or schedules, live in its
-state (:mod:`.hparams`) with the step count, and each step builds the chain from the values of that step, so
+state (:mod:`.hyper`) with the step count, and each step builds the chain from the values of that step, so
 ``update(grads, state, params) -> (new_params, state)`` needs nothing else. K models with different values are K
 states stacked: the same update runs under ``torch.func.vmap`` with one value per model.
 
@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from . import hparams
+from . import hyper as hp
 from ..torch_private import inside_functorch
-from .hparams import Value
+from .hyper import Value
 
 Leaves = list[Tensor]
 Scalar = Tensor | float
@@ -53,7 +53,7 @@ class TraceState(NamedTuple):
 
 
 class OptState(NamedTuple):
-    hyper: hparams.HyperState  # the step count and every hyper-parameter of the model
+    hyper: hp.HyperState  # the step count and every hyper-parameter of the model
     inner: Any  # the chain's state
 
 
@@ -188,7 +188,7 @@ class Optimizer:
     -> (new_params, state)``; :meth:`hyperparams` gives the values of the step about to run.
 
     ``factory(**values) -> Transform`` builds the chain from this step's values (tensors); ``hyper`` are its
-    keyword hyper-parameters, constants or :class:`.hparams.Scheduled`. The update reads the values only from the
+    keyword hyper-parameters, constants or :class:`.hyper.Scheduled`. The update reads the values only from the
     state, so one Optimizer's update serves any stack of states built like it (the same names, schedules of the
     same length)."""
 
@@ -197,18 +197,18 @@ class Optimizer:
     loss: Mapping[str, Value] = field(default_factory=dict)
 
     def init(self, params: Any) -> OptState:
-        h = hparams.init({**self.hyper, **self.loss})
-        return OptState(h, self._transform(hparams.at(h)).init(tree_flatten(params)[0]))
+        h = hp.init({**self.hyper, **self.loss})
+        return OptState(h, self._transform(hp.at(h)).init(tree_flatten(params)[0]))
 
     def hyperparams(self, state: OptState, names: Sequence[str] | None = None) -> dict[str, Tensor]:
-        return hparams.at(state.hyper, names)
+        return hp.at(state.hyper, names)
 
     def update(self, grads: Any, state: OptState, params: Any) -> tuple[Any, OptState]:
-        values = hparams.at(state.hyper)
+        values = hp.at(state.hyper)
         p, spec = tree_flatten(params)
         updates, inner = self._transform(values).update(tree_flatten(grads)[0], state.inner, p)
         new = list(torch._foreach_add(p, updates)) if _fusable(p) else [a + b for a, b in zip(p, updates)]
-        return tree_unflatten(new, spec), OptState(hparams.advance(state.hyper, values), inner)
+        return tree_unflatten(new, spec), OptState(hp.advance(state.hyper, values), inner)
 
     def _transform(self, values: dict[str, Tensor]) -> Transform:
         return self.factory(**{k: values[k] for k in self.hyper})

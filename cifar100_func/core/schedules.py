@@ -1,6 +1,6 @@
 """Schedules as pure functions of the step count: ``factor(step) -> multiplier of a base value``.
 
-A hyper-parameter that a schedule varies is ``base * factor(step)`` (:class:`.hparams.Scheduled`, the multipliers
+A hyper-parameter that a schedule varies is ``base * factor(step)`` (:class:`.hyper.Scheduled`, the multipliers
 of every step as one :func:`table` in the optimiser's state), so K stacked models with different peak lrs follow
 one schedule. ``onecycle`` (and its momentum cycle, multipliers of 1) and ``cosine`` follow
 ``torch.optim.lr_scheduler.OneCycleLR`` (cosine annealing, two phases) and ``CosineAnnealingLR``; tests compare

@@ -21,7 +21,7 @@ from ..core.seeding import generator
 @dataclass(frozen=True)
 class Pipeline:
     """What turns uint8 batches into model inputs: normalisation statistics and augmentation (the memory format is
-    the backend's choice, :meth:`.backend.Engine.batch`)."""
+    the backend's choice, :meth:`.backend.Runner.batch`)."""
 
     mean: torch.Tensor
     std: torch.Tensor

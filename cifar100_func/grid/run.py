@@ -34,7 +34,7 @@ from ..config import Config
 from ..fingerprint import fingerprint
 from ..inputs import grid_common
 from ..data.dataset import Dataset
-from ..core.hparams import Hyper
+from ..core.hyper import Hyper
 from ..runtime.io import atomic_write, atomic_write_json
 from ..data.loader import steps_per_epoch
 from ..runtime.from_config import pipeline
@@ -168,7 +168,7 @@ def train_rung(job: RungJob, data: Dataset, backend: Backend, progress: bool | N
     finally:
         if writer is not None:
             writer.close()
-    log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.engine}; first step, with any compilation: "
+    log(f"{desc}: {time.perf_counter() - t0:.0f}s ({res.runner}; first step, with any compilation: "
         f"{res.first_step_seconds:.0f}s), then {res.model_images_per_sec:.0f} model-images/s")
     val = [m[-1]["val_acc"] for m in res.metrics]  # the loop validates where a run stops: at the rung
     rec = {"key": job.key, "rung": job.rung, "end": job.end, "running": job.running, "metrics": res.metrics,

@@ -4,7 +4,7 @@
 allocator setting on CPUs, TF32 and ``cudnn.benchmark`` on CUDA); :class:`Backend` turns the config and the device
 into the choices a run needs: precision (a :class:`~cifar100_func.core.precision.Precision`; ``auto``: bf16 where
 the device computes it natively), compile or not (:func:`compile_policy`, the one place that decides) and in which
-mode, the batching formulation of a stack (:mod:`.batching`) and the memory format of the batches. :class:`Engine`
+mode, the batching formulation of a stack (:mod:`.batching`) and the memory format of the batches. :class:`Runner`
 runs step functions that way, and when compiling fails it prints one line with the reason and continues eagerly
 with the settings that suit an eager step.
 
@@ -142,16 +142,16 @@ class Backend:
         """:func:`compile_policy` for this backend's config."""
         return compile_policy(step, k, n_steps, self.compile, self.grid_compile, grid, force)
 
-    def engine(self, k: int | None, n_steps: int, compile: bool | None = None,
-               log: Callable[[str], None] = print, *, grid: bool = False) -> "Engine":
-        """An engine for ``k`` stacked models (``None``: one model, no vmap) over ``n_steps`` steps; ``grid``: a
+    def runner(self, k: int | None, n_steps: int, compile: bool | None = None,
+               log: Callable[[str], None] = print, *, grid: bool = False) -> "Runner":
+        """A runner for ``k`` stacked models (``None``: one model, no vmap) over ``n_steps`` steps; ``grid``: a
         stack of the grid search. ``compile``: None asks :func:`compile_policy`; True/False force it."""
-        return Engine(self, k, self.decide("train", k, n_steps, grid, compile), log,
+        return Runner(self, k, self.decide("train", k, n_steps, grid, compile), log,
                       evaluation=self.decide("eval", k, n_steps, grid, compile))
 
 
 @dataclass
-class Engine:
+class Runner:
     """Runs a run's step functions as its backend says: compiled or eager, stacked rules, batch memory format."""
 
     backend: Backend
@@ -181,7 +181,7 @@ class Engine:
         return self.backend.channels_last and (self.k is None or self.per_model)
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch in the memory format of this engine; (K, N, C, H, W) per-model batches channels-last per model."""
+        """A batch in the memory format of this runner; (K, N, C, H, W) per-model batches channels-last per model."""
         if not self.channels_last:
             return x
         if x.ndim == 5:
@@ -195,7 +195,7 @@ class Engine:
         return tree_map(lambda t: t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t, tree)
 
     def wrap(self, fn: Callable, step: Literal["train", "eval"] = "train") -> Callable:
-        """``fn``, the training or the evaluation step, as this engine runs it (compiled as its choice says)."""
+        """``fn``, the training or the evaluation step, as this runner runs it (compiled as its choice says)."""
         choice = self.choice if step == "train" or self.evaluation is None else self.evaluation
         fast = torch.compile(fn, mode=self.backend.compile_mode) if self.compiled and choice.compiled else None
         cudagraphs = self.backend.compile_mode == "reduce-overhead" and self.backend.device.type == "cuda"

@@ -21,13 +21,13 @@ from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
 from ..core import model, trees
-from .backend import Backend, Engine
+from .backend import Backend, Runner
 from ..data.dataset import Dataset, Split
 from ..data.loader import Pipeline, eval_batches, steps_per_epoch, train_batches
 from ..core.optim import Optimizer, last_hyperparams
 from ..core.precision import Precision
 from ..core.seeding import generator
-from ..core.hparams import Scheduled
+from ..core.hyper import Scheduled
 from ..core.step import guarded, make_eval_step, make_train_step, precision_of
 
 
@@ -110,7 +110,7 @@ class Result:
     diverged_at: list[int | None]  # global step (1-based) of each model's first rejected step
     model_images_per_sec: float
     first_step_seconds: float
-    engine: str
+    runner: str
     active: torch.Tensor  # members not frozen (shape (K,) for a stack, () for one model)
     extra: dict = field(default_factory=dict)
 
@@ -143,7 +143,7 @@ def ensemble_sums(probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pipeline, batch_size: int,
-             engine: Engine, keep_predictions: bool = False, ensemble: bool = False) -> dict[str, Any]:
+             runner: Runner, keep_predictions: bool = False, ensemble: bool = False) -> dict[str, Any]:
     """Loss, accuracy and top-5 accuracy of every model on a whole split (the last partial batch included): lists
     of K values; with ``keep_predictions`` also the (K, N) predicted classes; with ``ensemble`` (a stack) also
     ``res["ensemble"]``, the same metrics of the mean of the members' softmax (and its predictions, (N,))."""
@@ -152,7 +152,7 @@ def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pip
     preds, ens_preds = [], []
     with torch.no_grad():
         for x, y in eval_batches(split, pipe, batch_size):
-            out = eval_fn(params, state, engine.batch(x), y)
+            out = eval_fn(params, state, runner.batch(x), y)
             parts = [t.reshape(-1) for t in out[:3]]  # (K,) whether stacked or not
             sums = parts if sums is None else [a + b for a, b in zip(sums, parts)]
             if keep_predictions:
@@ -175,12 +175,12 @@ def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pip
     return res
 
 
-def make_eval(backend: Backend, engine: Engine, stacked: bool) -> Callable:
-    """The evaluation step as ``engine`` runs it (vmapped over the models of a stack, the batch shared)."""
+def make_eval(backend: Backend, runner: Runner, stacked: bool) -> Callable:
+    """The evaluation step as ``runner`` runs it (vmapped over the models of a stack, the batch shared)."""
     fn = make_eval_step(precision=precision_of(backend.precision), device_type=backend.device.type)
     if stacked:
         fn = vmap(fn, in_dims=(0, 0, None, None))
-    return engine.wrap(fn, step="eval")  # compiled or not: the backend's compile policy
+    return runner.wrap(fn, step="eval")  # compiled or not: the backend's compile policy
 
 
 def _batches(plan: Plan, split: Split, pipe: Pipeline, batch_size: int, epoch: int, skip: int):
@@ -210,7 +210,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     for name, v in plan.optimizers[0].hyper.items():
         if isinstance(v, Scheduled) and len(v.multipliers) < total:
             raise ValueError(f"the schedule of {name} has {len(v.multipliers)} steps for a run of {total}")
-    engine = backend.engine(k if stacked else None, total - (start.step if start else 0), plan.compile, log,
+    runner = backend.runner(k if stacked else None, total - (start.step if start else 0), plan.compile, log,
                             grid=plan.grid)
     precision = precision_of(backend.precision)
     step_fn = make_train_step(plan.optimizers[0], precision=precision, device_type=device.type)
@@ -219,8 +219,8 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         step_fn = vmap(step_fn, in_dims=(0, 0, 0, data_dim, data_dim))
     if plan.guard:
         step_fn = guarded(step_fn)
-    step_fn = engine.wrap(step_fn)
-    eval_fn = make_eval(backend, engine, stacked)
+    step_fn = runner.wrap(step_fn)
+    eval_fn = make_eval(backend, runner, stacked)
 
     active = torch.ones(k if stacked else (), dtype=torch.bool, device=device)
     if start is None:
@@ -232,7 +232,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         if start.active is not None:
             active = start.active.to(device).reshape(active.shape)
     first_epoch = base // steps
-    P, O = engine.params(P), engine.params(O)
+    P, O = runner.params(P), runner.params(O)
     losses = torch.full((total, k), float("nan"), dtype=precision.output, device=device)
     lrs = torch.full((total, k), float("nan"), device=device)
     host_losses, host_lrs = np.zeros((0, k)), np.zeros((0, k))
@@ -249,7 +249,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         correct = torch.zeros(k, dtype=torch.int64, device=device)
         g0, seen = g, 0
         for x, y in _batches(plan, data.train, pipe, batch_size, epoch, g - epoch * steps):
-            args = (P, S, O, engine.batch(x), y) + ((active,) if plan.guard else ())
+            args = (P, S, O, runner.batch(x), y) + ((active,) if plan.guard else ())
             out = step_fn(*args)
             P, S, O, loss, c = out[:5]
             if plan.guard:
@@ -284,13 +284,13 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         images += k * seen
         if stop_at is not None:
             break
-        val = (evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, engine, ensemble=plan.ensemble and stacked)
+        val = (evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, runner, ensemble=plan.ensemble and stacked)
                if plan.validate else None)
         done = g - epoch * steps  # steps of this epoch done: a run may stop (or have started) inside one
         records = _records(epoch + 1 if done == steps else round(epoch + done / steps, 4),
                            host_losses[g0 - base:g - base], host_lrs[g - 1 - base], correct.tolist(), seen, val,
                            active.reshape(-1).tolist(), {"seconds": time.perf_counter() - t0, "train_seconds": dt,
-                                   "images_per_sec": seen / dt, "engine": engine.describe()})
+                                   "images_per_sec": seen / dt, "runner": runner.describe()})
         for history, rec in zip(metrics, records):
             history.append(rec)
         if hooks.on_epoch is not None:
@@ -302,8 +302,8 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     diverged_at = [base + int(bad[:, j].nonzero()[0]) + 1 if bad[:, j].any() else None for j in range(k)]
     timed = images - k * min(batch_size, len(data.train))  # the first step is not timed
     rate = timed / max(train_seconds - first_step, 1e-9) if g - base > 1 else 0.0
-    return Result(P, S, O, metrics, step_losses, diverged_at, rate, first_step, engine.describe(), active,
-                  extra={"compile_fallback": engine.fallback})
+    return Result(P, S, O, metrics, step_losses, diverged_at, rate, first_step, runner.describe(), active,
+                  extra={"compile_fallback": runner.fallback})
 
 
 def _records(epoch: float, losses: np.ndarray, lrs: np.ndarray, correct: list[int], seen: int, val: dict | None,

@@ -1,6 +1,6 @@
 """The one translation from a config's training recipe (``train.optimizer``, ``train.scheduler``,
 ``train.label_smoothing``) to the core's plain arguments: each model's :class:`.optim.Optimizer`, with its
-hyper-parameters and schedules in its state. The core (``optim``, ``schedules``, ``hparams``, ``step``) knows
+hyper-parameters and schedules in its state. The core (``optim``, ``schedules``, ``hyper``, ``step``) knows
 nothing of the config schema."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ..config import Config, OptimizerConfig, SchedulerConfig, TrainConfig
 from ..core import schedules
-from ..core.hparams import Hyper, Scheduled, Value
+from ..core.hyper import Hyper, Scheduled, Value
 from ..core.optim import Optimizer, adam, matrices_only, sgd
 
 

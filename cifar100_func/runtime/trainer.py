@@ -27,7 +27,7 @@ from .io import atomic_write_text
 from ..data.loader import steps_per_epoch
 from .from_config import pipeline
 from .loop import Check, EpochEnd, Hooks, Plan, Start, stack_trees, train
-from ..core.hparams import Hyper
+from ..core.hyper import Hyper
 from ..core.step import precision_of
 from . import recipe
 
@@ -124,7 +124,7 @@ def _ensemble_record(end: EpochEnd) -> dict:
     return {"epoch": recs[0]["epoch"], "train_loss": mean("train_loss"), "train_acc": mean("train_acc"),
             "val_loss": e["loss"], "val_acc": e["acc"], "val_top5_acc": e["top5_acc"],
             "members_val_acc": mean("val_acc"), "lr": recs[0]["lr"], "diverged": any(r["diverged"] for r in recs),
-            **{k: recs[0][k] for k in ("seconds", "train_seconds", "engine")},
+            **{k: recs[0][k] for k in ("seconds", "train_seconds", "runner")},
             "images_per_sec": recs[0]["images_per_sec"] * len(recs), "members": recs}
 
 
