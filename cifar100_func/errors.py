@@ -3,6 +3,15 @@ output location); 1: something failed on its own (a full disk, the overfit check
 
 from __future__ import annotations
 
+import re
+
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")  # terminal colours, cursor moves, titles
+
+
+def plain_text(message: object) -> str:
+    """``message`` as one plain line: no terminal escape codes (torch's messages may carry colours), no newlines."""
+    return " ".join(_ESCAPES.sub("", str(message)).split())
+
 
 class UserError(Exception):
     """A mistake in the user's input (config, paths, data files, checkpoints, flags).

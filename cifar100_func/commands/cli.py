@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 
 from ..config import Config, load_config
-from ..errors import UserError
+from ..errors import UserError, plain_text
 
 if TYPE_CHECKING:
     from ..runtime.backend import Backend
@@ -57,7 +57,7 @@ def run_command(main: Callable[[Sequence[str] | None], int | None], argv: Sequen
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {plain_text(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import cli
-from ..config import Config
+from ..config import Config, save_snapshot
 from ..errors import ConfigError, OutputConflict
 from ..runtime.io import ensure_dir, read_jsonl
 from ..runtime.trainer import RunFiles, fit
@@ -59,6 +59,27 @@ def output_paths(cfg: Config, run_name: str = "train", best_ckpt: Path | None = 
     return Path(cfg.paths.runs_dir) / run_name, Path(best_ckpt or Path(cfg.paths.artifacts_dir) / "best.ckpt")
 
 
+def _remove_earlier_run(run_dir: Path, best: Path) -> None:
+    """``--overwrite``: the earlier run's files go before the new run writes anything, so an interrupted overwrite
+    never leaves a new config beside old metrics. They are first moved aside together (renames within one folder),
+    then deleted; its best checkpoint and that checkpoint's evaluation go too."""
+    import os
+    import shutil
+
+    from ..runtime.lock import LOCK_NAME
+    from .evaluate import outputs
+
+    if run_dir.is_dir():
+        aside = run_dir.parent / f".{run_dir.name}.overwritten-{os.getpid()}"
+        aside.mkdir(exist_ok=True)
+        for entry in run_dir.iterdir():
+            if entry.name != LOCK_NAME:
+                entry.rename(aside / entry.name)
+        shutil.rmtree(aside)
+    for path in (best, *outputs(best).values()):
+        path.unlink(missing_ok=True)
+
+
 def _folders(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt: Path | None = None,
              **_) -> list[Path]:
     run_dir, best = output_paths(cfg, run_name, best_ckpt)
@@ -84,7 +105,11 @@ def execute(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt:
                 raise OutputConflict(
                     f"{existing} already exists: pass --resume to continue that run, --overwrite to replace it, "
                     "or choose other paths (--run-name, --set paths.artifacts_dir=...)")
-    run = cli.setup(cfg, rt, run_dir)
+    run = cli.setup(cfg, rt, None)  # the data is there and the config is sound before anything is touched
+    if overwrite and not resume:
+        _remove_earlier_run(run_dir, best)
+    ensure_dir(run_dir)
+    save_snapshot(cfg, run_dir / "config.yaml")
     ensure_dir(best.parent)
     data = run.data
     print(f"{run.tag}: train {len(data.train)}, val {len(data.val)} | blocks {list(cfg.model.blocks)}, mid "

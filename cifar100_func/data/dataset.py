@@ -214,12 +214,18 @@ def _download(root: Path) -> None:
 
     url = archive_url()
     before = socket.getdefaulttimeout()
+    created = [p for p in (root, *root.parents) if not p.exists()]  # the folders this attempt makes
     try:
         root.mkdir(parents=True, exist_ok=True)
         print(f"CIFAR-100 not in {str(root)!r}: downloading {url}", flush=True)
         socket.setdefaulttimeout(60)
         download_and_extract_archive(url, download_root=str(root), md5=ARCHIVE_MD5)
     except Exception as exc:  # noqa: BLE001 - any network/IO failure becomes one clear line
+        for folder in created:  # a mistyped data root is not left behind as empty folders
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
         raise DataError(f"CIFAR-100 download to {str(root)!r} failed ({reason}); no network? {ROOT_HINT}") \
             from RuntimeError(reason)

@@ -25,7 +25,7 @@ from .batching import per_model_rules
 from ..torch_private import cpu_native_bf16
 from ..config import Config
 from ..core.precision import PRECISIONS, Precision
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, UserError, plain_text
 
 MIN_STEPS_TO_COMPILE = 200  # below this, compiling (a minute or more per step function on 2 cores) costs more
 
@@ -220,7 +220,7 @@ class Runner:
         return "per_model" if self.per_model else "grouped"
 
     def _fall_back(self, exc: Exception) -> None:
-        message = " ".join(str(exc).split())[:300]
+        message = plain_text(exc)[:300]
         self.fallback = f"{type(exc).__name__}: {message}"
         self.compiled = False
         self.log(f"warning: torch.compile failed ({self.fallback}); continuing eagerly (batching "

@@ -1,0 +1,50 @@
+"""Smaller cases of the hostile test (issue 20): escape codes, a mistyped data root, an interrupted --overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cifar100_func.commands.cli import run_command
+from cifar100_func.data.dataset import DataSpec, load_dataset
+from cifar100_func.errors import DataError, UserError
+
+
+def test_errors_carry_no_terminal_escape_codes(capsys):
+    def main(argv):
+        raise UserError("\x1b[31mcoloured\x1b[0m message from \x1b]0;title\x07torch")
+
+    assert run_command(main, []) == 2
+    assert capsys.readouterr().err == "error: coloured message from torch\n"
+
+
+def test_a_mistyped_data_root_is_not_left_behind(tmp_path):
+    root = tmp_path / "typo" / "data"  # the download is tried (auto) and refused by conftest's closed port
+    with pytest.raises(DataError, match="not found"):
+        load_dataset(DataSpec(download="auto"), str(root))
+    assert not (tmp_path / "typo").exists()
+
+
+def test_an_interrupted_overwrite_leaves_no_old_metrics_beside_the_new_config(run_cli, tiny_config, tmp_path,
+                                                                              monkeypatch):
+    cfg = str(tiny_config({"train": {"epochs": 1}}))
+    assert run_cli("train", "--config", cfg)[0] == 0
+    run_dir = tmp_path / "runs" / "train"
+    (run_dir / "stale.txt").write_text("from the earlier run")
+
+    from cifar100_func.commands import train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "fit", interrupted)
+    code, _, _ = run_cli("train", "--config", cfg, "--overwrite", "--seed", "7")
+    assert code == 130
+    assert sorted(p.name for p in run_dir.iterdir() if p.name != ".lock") == ["config.yaml"]
+    assert not (tmp_path / "artifacts" / "best.ckpt").exists()  # the earlier run's checkpoint went with it
+    monkeypatch.undo()
+    assert run_cli("train", "--config", cfg, "--overwrite", "--seed", "7")[0] == 0
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
+    assert not [p for p in (tmp_path / "runs").iterdir() if "overwritten" in p.name]
