@@ -48,3 +48,26 @@ def test_an_interrupted_overwrite_leaves_no_old_metrics_beside_the_new_config(ru
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
     assert not [p for p in (tmp_path / "runs").iterdir() if "overwritten" in p.name]
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_is_strict_even_with_a_diverged_grid_member(run_cli, tiny_config, tmp_path):
+    cfg = str(tiny_config({"train": {"optimizer": {"name": "sgd"}}, "hparams": {"lr": [0.01, 90.0]}, "grid": {"epochs": 2}}))
+    code, out, err = run_cli("grid_search", "--config", cfg)
+    assert code == 0, err
+    assert "diverged" in out
+    files = [p for p in (tmp_path / "runs").rglob("*") if p.suffix in (".json", ".jsonl")]
+    assert any(p.name == "results.json" for p in files)
+    for path in files:
+        for chunk in ([path.read_text()] if path.suffix == ".json" else path.read_text().splitlines()):
+            _strict(chunk)
+    rows = _strict((tmp_path / "runs" / "grid_search" / "results.json").read_text())
+    bad = next(r for r in rows if r["lr"] == 90.0)
+    assert bad["diverged"] and None in bad["step_losses"], {k: bad[k] for k in ("diverged", "diverged_at_step")}
+    assert run_cli("grid_search", "--config", cfg)[0] == 0  # records with nulls are read back (kept, not retrained)

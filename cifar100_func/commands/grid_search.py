@@ -30,7 +30,7 @@ from ..runtime.checkpoint import save_checkpoint
 from ..config import Config, parse_override
 from ..data.dataset import Dataset
 from ..errors import ConfigError
-from ..runtime.io import atomic_write_json, atomic_write_text
+from ..runtime.io import atomic_write_json, atomic_write_text, to_json
 from ..runtime.backend import Backend
 from ..grid.run import GridRun, Member, Stack, member_trees
 from ..runtime.events import write_hparams
@@ -172,7 +172,7 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
                 log(f"  {p.name}: diverged at step {stack.diverged_at[i]} (frozen there; the others were unaffected)")
     if out_dir is not None:
         keys = ("config", "lr", "weight_decay", "label_smoothing", "blocks", "mid")
-        lines = [json.dumps({**{k: r[k] for k in keys}, **rec}) for r in rows for rec in r["history"]]
+        lines = [to_json({**{k: r[k] for k in keys}, **rec}) for r in rows for rec in r["history"]]
         atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in lines))
     _rank(rows)
     if events is not None:

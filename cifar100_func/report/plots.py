@@ -64,6 +64,7 @@ def _arch_label(row: dict) -> str:
 def _ema(values: Sequence[float], beta: float = 0.9) -> np.ndarray:
     out, avg = [], 0.0
     for i, v in enumerate(values):
+        v = float("nan") if v is None else v  # a non-finite loss, written to JSON as null
         avg = beta * avg + (1 - beta) * v
         out.append(avg / (1 - beta ** (i + 1)))
     return np.array(out)

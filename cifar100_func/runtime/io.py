@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -80,8 +81,25 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None: JSON has no such numbers, and a strict parser
+    rejects the bare ``NaN`` that Python's json writes by default (a diverged grid member's losses)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON (non-finite numbers as null)."""
+    return json.dumps(finite_or_null(obj), indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -23,7 +23,7 @@ from ..data.dataset import Dataset
 from ..errors import CheckpointError, TrainingDiverged
 from .events import Events
 from .interop import from_state_dict
-from .io import atomic_write_text
+from .io import atomic_write_text, to_json
 from ..data.loader import steps_per_epoch
 from .from_config import pipeline
 from .loop import Check, EpochEnd, Hooks, Plan, Start, stack_trees, train
@@ -212,7 +212,7 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
 
 
 def _write_metrics(run_dir: Path, metrics: list[dict]) -> None:
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(to_json(m) + "\n" for m in metrics))
 
 
 def _write_curves(run_dir: Path, metrics: list[dict], run_name: str, synthetic: bool) -> None:
