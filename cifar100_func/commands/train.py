@@ -59,15 +59,15 @@ def output_paths(cfg: Config, run_name: str = "train", best_ckpt: Path | None = 
     return Path(cfg.paths.runs_dir) / run_name, Path(best_ckpt or Path(cfg.paths.artifacts_dir) / "best.ckpt")
 
 
-def _remove_earlier_run(run_dir: Path, best: Path) -> None:
+def _remove_earlier_run(run_dir: Path) -> None:
     """``--overwrite``: the earlier run's files go before the new run writes anything, so an interrupted overwrite
     never leaves a new config beside old metrics. They are first moved aside together (renames within one folder),
-    then deleted; its best checkpoint and that checkpoint's evaluation go too."""
+    then deleted. The best checkpoint stays until the new run has a better one to put in its place (atomically), so
+    a new run that diverges or is interrupted in its first epoch loses nothing."""
     import os
     import shutil
 
     from ..runtime.lock import LOCK_NAME
-    from .evaluate import outputs
 
     if run_dir.is_dir():
         aside = run_dir.parent / f".{run_dir.name}.overwritten-{os.getpid()}"
@@ -76,8 +76,6 @@ def _remove_earlier_run(run_dir: Path, best: Path) -> None:
             if entry.name != LOCK_NAME:
                 entry.rename(aside / entry.name)
         shutil.rmtree(aside)
-    for path in (best, *outputs(best).values()):
-        path.unlink(missing_ok=True)
 
 
 def _folders(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt: Path | None = None,
@@ -107,7 +105,7 @@ def execute(cfg: Config, rt: cli.Runtime, *, run_name: str = "train", best_ckpt:
                     "or choose other paths (--run-name, --set paths.artifacts_dir=...)")
     run = cli.setup(cfg, rt, None)  # the data is there and the config is sound before anything is touched
     if overwrite and not resume:
-        _remove_earlier_run(run_dir, best)
+        _remove_earlier_run(run_dir)
     ensure_dir(run_dir)
     save_snapshot(cfg, run_dir / "config.yaml")
     ensure_dir(best.parent)
