@@ -31,6 +31,7 @@ def unstack(tree: Tree) -> list[Tree]:
     """Every model's tree out of a stack, in order (the inverse of :func:`stack`)."""
     return [member(tree, i) for i in range(tree_leaves(tree)[0].shape[0])]
 
+
 def take(tree: Tree, positions: Sequence[int]) -> Tree:
     """The stack of the members at ``positions`` (in that order)."""
     index = torch.tensor(list(positions), dtype=torch.int64)
