@@ -207,6 +207,9 @@ class HparamsConfig:
     bottleneck_mid: Annotated[tuple[Mid, ...], at.MinLen(1)] = (16, 32)
     # null: train.label_smoothing for every configuration
     label_smoothing: Optional[Annotated[tuple[Smoothing, ...], at.MinLen(1)]] = None
+    # seeds per configuration (own initial weights, batch order and augmentation; the same N seeds for every
+    # configuration, so comparisons are paired); every configuration is also the ensemble of its seeds
+    seeds: Annotated[Int, within(1, 1024)] = 1
 
 
 @section
@@ -237,7 +240,12 @@ class RayConfig:
 class GridConfig:
     epochs: Epochs = 5
     independent_seeds: Bool = False
-    max_stack: Optional[Positive] = how(None)
+    # at most this many models per stack; null: all the configurations of an architecture; auto: as many as the
+    # device's free memory holds (measured per model on a GPU; all of them on a CPU)
+    max_stack: Union[Positive, Literal["auto"], None] = how(None)
+    # how a stack's step executes: vmap (fused, for GPUs), sequential (the compiled one-model step over each member
+    # in turn, for CPUs), auto: vmap on a GPU, sequential on a CPU; results are the same either way
+    executor: Literal["auto", "vmap", "sequential"] = how("auto")
     save_checkpoints: Bool = False
     # how vmap runs stacked convolutions and batch norms (cifar100_func.runtime.batching); auto: per_model if eager
     # on a CPU
@@ -250,6 +258,10 @@ class GridConfig:
     schedule: Literal["exhaustive", "halving"] = "exhaustive"
     halving: HalvingConfig = field(default_factory=HalvingConfig)
     engine: Literal["local", "ray"] = how("local")  # local: stacks one after another in this process
+    # greedy ensemble selection (Caruana et al. 2004) over every trained member of the sweep: this many rounds,
+    # each adding (with replacement) the member that lowers the ensemble's validation NLL most
+    selection_rounds: Annotated[Int, within(1, 10000)] = 20
+    tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time views of the grid's final predictions
     ray: RayConfig = how(default_factory=RayConfig)
 
 
@@ -297,13 +309,23 @@ class StudyConfig:
     profile: Str = how("full")  # a name printed in the report ("quick" says plainly that it is a reduced run)
     description: Str = how("the study as SPEC.md states it (meant for a GPU; on a 2-core CPU it takes many hours)")
     # final run: the grid's best configuration, or train/model as set
-    final_from: Literal["grid", "config"] = "grid"
+    # final answer: a run of the grid's best configuration, of train/model as set, or the ensemble selected from
+    # every member the grid trained (no final run; test is touched once, at the end)
+    final_from: Literal["grid", "config", "ensemble"] = "grid"
     final_epochs: Optional[Epochs] = None  # default: train.epochs
     # N > 1: the final run is a seed ensemble of N models trained as one stack
     final_seeds: Annotated[Int, within(1, 1024)] = 1
 
 
 Folder = Annotated[Str, at.MinLen(1)]
+
+
+@section
+class EvaluationConfig:
+    """How the test evaluation (``evaluate``, the study's last stage) looks at each image."""
+
+    # none; flip: the image and its mirror; flip_translate: those, each also shifted by 2 pixels in 4 directions
+    tta: Literal["none", "flip", "flip_translate"] = "none"
 
 
 @section
@@ -327,6 +349,7 @@ class Config:
     overfit: OverfitConfig = field(default_factory=OverfitConfig)
     sanity: SanityConfig = field(default_factory=SanityConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     paths: PathsConfig = how(default_factory=PathsConfig)
 
     def to_dict(self) -> dict[str, Any]:

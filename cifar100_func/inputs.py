@@ -128,6 +128,8 @@ def grid_common(cfg: Config, identity: str) -> dict:
     grid = what(cfg.grid)
     if grid["schedule"] != "halving":
         grid.pop("halving")
+    for after_training in ("selection_rounds", "tta"):  # read after the stacks train: no stack trains again
+        grid.pop(after_training)
     out = {"data": dataset(g, TRAIN_VAL, identity), "preprocess": what(cfg.preprocess), "augment": augment(cfg),
            "seed": tc.seed, "batch_size": tc.batch_size, "eval_batch_size": tc.eval_batch_size,
            "numerics": numerics(cfg), "optimizer": optimizer(cfg, lr=False, weight_decay=False),
@@ -138,8 +140,9 @@ def grid_common(cfg: Config, identity: str) -> dict:
 
 
 def grid(cfg: Config, identity: str) -> dict:
-    """The whole grid: what its stacks share and its axes."""
-    return {**grid_common(cfg, identity), "hparams": what(cfg.hparams)}
+    """The whole grid: what its stacks share, its axes, and how its trained members are looked at."""
+    return {**grid_common(cfg, identity), "hparams": what(cfg.hparams),
+            "after": {"selection_rounds": cfg.grid.selection_rounds, "tta": cfg.grid.tta}}
 
 
 def final(final_cfg: Config, identity: str) -> dict:
@@ -151,7 +154,8 @@ def final(final_cfg: Config, identity: str) -> dict:
 def evaluate(cfg: Config, identity: str, checkpoint: str) -> dict:
     """The test evaluation: the checkpoint's identity (the final run's output) and the test split's pipeline."""
     return {"data": dataset(cfg, ("test",), identity), "preprocess": what(cfg.preprocess),
-            "eval_batch_size": cfg.train.eval_batch_size, "numerics": numerics(cfg), "checkpoint": checkpoint}
+            "eval_batch_size": cfg.train.eval_batch_size, "numerics": numerics(cfg), "checkpoint": checkpoint,
+            "evaluation": what(cfg.evaluation)}
 
 
 def resume(cfg: Config, members: int) -> dict[str, Any]:

@@ -58,12 +58,13 @@ EXPECT: dict[str, set[str]] = {
     "train.scheduler.min_lr_ratio": NONE,  # cosine's
     "hparams.": GRID,
     "grid.": GRID,
-    "grid.max_stack": NONE, "grid.batching": NONE, "grid.compile": NONE, "grid.engine": NONE, "grid.ray.": NONE,
+    "grid.max_stack": NONE, "grid.executor": NONE, "grid.batching": NONE, "grid.compile": NONE, "grid.engine": NONE, "grid.ray.": NONE,
     "lr_finder.": {"lr_finder"},
     "overfit.": {"overfit"},
     "sanity.": {"sanity"},
     "study.": FINAL,
     "study.profile": NONE, "study.description": NONE,
+    "evaluation.": {"evaluate"},
     "paths.": NONE,
 }
 UNCHANGEABLE = {"model.name"}  # one allowed value
@@ -83,6 +84,9 @@ SPECIAL: dict[str, tuple[list[str], str]] = {
     "grid.engine": ([], "ray"),
     "grid.ray.data": ([], "data_root"),
     "grid.ray.address": ([], "auto"),
+    "grid.executor": ([], "vmap"),
+    "grid.tta": ([], "flip"),
+    "evaluation.tta": ([], "flip"),
     "overfit.optimizer": ([], "sgd"),
     "study.final_from": ([], "config"),
     "study.final_epochs": ([], "3"),
