@@ -43,7 +43,19 @@ def augment(cfg: Config, epochs_matter: bool = True) -> dict:
         return {"enabled": False}
     if not epochs_matter:
         a.pop("off_last_epochs")
+    if a["flip"] == "alternating":  # no coin with hflip_p
+        a.pop("hflip_p")
     return a
+
+
+def ema(cfg: Config) -> dict:
+    """The weight averaging a run keeps (nothing else counts when it is off, the images only when recomputing)."""
+    e = what(cfg.train.ema)
+    if e["decay"] is None:
+        return {"decay": None}
+    if e["bn"] != "recompute":
+        e.pop("bn_images")
+    return e
 
 
 def scheduler(cfg: Config) -> dict:
@@ -91,7 +103,7 @@ def training(cfg: Config, members: int = 1) -> dict:
     return {"preprocess": what(cfg.preprocess), "augment": augment(cfg), "model": what(cfg.model),
             "train": {"seed": tc.seed, "batch_size": tc.batch_size, "eval_batch_size": tc.eval_batch_size,
                       "epochs": tc.epochs, "label_smoothing": tc.label_smoothing, **numerics(cfg),
-                      "optimizer": optimizer(cfg), "scheduler": scheduler(cfg)},
+                      "optimizer": optimizer(cfg), "scheduler": scheduler(cfg), "ema": ema(cfg)},
             "members": members}
 
 
@@ -133,7 +145,8 @@ def grid_common(cfg: Config, identity: str) -> dict:
     out = {"data": dataset(g, TRAIN_VAL, identity), "preprocess": what(cfg.preprocess), "augment": augment(cfg),
            "seed": tc.seed, "batch_size": tc.batch_size, "eval_batch_size": tc.eval_batch_size,
            "numerics": numerics(cfg), "optimizer": optimizer(cfg, lr=False, weight_decay=False),
-           "scheduler": scheduler(cfg), "grid": grid}
+           "scheduler": scheduler(cfg), "ema": ema(cfg), "grid": grid,
+           "model": {k: getattr(cfg.model, k) for k in ("bn_momentum", "identity_init")}}  # not the axes' shapes
     if cfg.hparams.label_smoothing is None:
         out["label_smoothing"] = tc.label_smoothing
     return out

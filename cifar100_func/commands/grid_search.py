@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from . import cli
@@ -32,6 +33,7 @@ from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..runtime.io import atomic_write_json, atomic_write_text, to_json
 from ..runtime.backend import Backend
+from ..grid.ensembles import analyse
 from ..grid.run import GridRun, Member, Stack, member_trees
 from ..runtime.events import write_hparams
 from ..core.hyper import Hyper
@@ -98,9 +100,9 @@ def select(points: list[GridPoint], only: dict[str, Any]) -> list[GridPoint]:
     return chosen
 
 
-def stacks(points: list[GridPoint], max_stack: int | None) -> list[list[GridPoint]]:
-    """Group by architecture, then cut each group into stacks of at most ``max_stack`` models."""
-    groups: dict[tuple, list[GridPoint]] = {}
+def stacks(points: list, max_stack: int | None) -> list[list]:
+    """Group by architecture (``.arch_key``), then cut each group into stacks of at most ``max_stack`` models."""
+    groups: dict[tuple, list] = {}
     for p in points:
         groups.setdefault(p.arch_key, []).append(p)
     out = []
@@ -119,29 +121,61 @@ def grid_data(cfg: Config) -> Config:
     return replace(cfg, dataset=replace(cfg.dataset, max_train=min(n, cfg.dataset.max_train or n)))
 
 
-def member_seed(cfg: Config, point: GridPoint) -> int:
-    """Shared seeds (the reference): every model uses ``train.seed``. Independent: ``train.seed + index``."""
-    return cfg.train.seed + point.index if cfg.grid.independent_seeds else cfg.train.seed
+def member_seeds(cfg: Config, point: GridPoint) -> list[int]:
+    """The ``hparams.seeds`` seeds of a configuration: ``train.seed + k`` for every configuration alike (paired
+    comparisons; with one seed every model uses ``train.seed``, the reference), or, with ``grid.independent_seeds``,
+    seeds of its own: ``train.seed + index * seeds + k``."""
+    n = cfg.hparams.seeds
+    base = cfg.train.seed + (point.index * n if cfg.grid.independent_seeds else 0)
+    return [base + k for k in range(n)]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One model of the grid: a configuration at its ``k``-th seed."""
+
+    point: GridPoint
+    k: int
+    seed: int
+    seeds: int  # of the configuration
+
+    @property
+    def arch_key(self) -> tuple:
+        return self.point.arch_key
+
+    def member(self, cfg: Config) -> Member:
+        name = self.point.name if self.seeds == 1 else f"{self.point.name}_s{self.k}"
+        return Member(name, self.point.hyper(cfg), self.seed, self.point.name if self.seeds > 1 else "")
 
 
 def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoint], out_dir: Path | None,
              progress: bool | None = None, log=print, force: bool = False, data_root: str | None = None) -> list[dict]:
-    """Train every point, stack by stack and rung by rung (:mod:`.grid_run`), on ``grid.engine`` (this process, or
-    Ray: :mod:`.ray_engine`); one summary row per point (its metrics in ``row["history"]``). With ``out_dir``,
-    per-stack records there let a new run keep finished work."""
-    groups = stacks(points, cfg.grid.max_stack)
-    runs = [Stack(n, model.Arch(g[0].blocks, g[0].mid, data.num_classes),
-                  [Member(p.name, p.hyper(cfg), member_seed(cfg, p)) for p in g],
-                  list(range(len(g)))) for n, g in enumerate(groups, start=1)]
+    """:func:`train_grid`'s ranked rows."""
+    return train_grid(cfg, data, backend, points, out_dir, progress, log, force, data_root)[0]
+
+
+def train_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoint], out_dir: Path | None,
+               progress: bool | None = None, log=print, force: bool = False,
+               data_root: str | None = None) -> tuple[list[dict], list[Stack]]:
+    """Train every point at each of its ``hparams.seeds`` seeds, stack by stack and rung by rung (:mod:`..grid.run`),
+    on ``grid.engine`` (this process, or Ray: :mod:`..grid.ray_engine`); one ranked summary row per point (its seeds
+    under ``row["members"]``) and the trained stacks. With ``out_dir``, per-stack records there let a new run keep
+    finished work."""
+    from ..runtime.stack_size import resolve_max_stack  # grid.max_stack, "auto" sized per architecture
+
+    slots = [Slot(p, k, seed, cfg.hparams.seeds) for p in points for k, seed in enumerate(member_seeds(cfg, p))]
+    arch = lambda g: model.Arch(g[0].point.blocks, g[0].point.mid, data.num_classes)  # noqa: E731
+    groups = [s for g in stacks(slots, None) for s in stacks(g, resolve_max_stack(cfg, backend, arch(g), log))]
+    runs = [Stack(n, arch(g), [s.member(cfg) for s in g], list(range(len(g)))) for n, g in enumerate(groups, start=1)]
 
     def save_final(stack: Stack, trees) -> None:
         if out_dir is None or not cfg.grid.save_checkpoints:
             return
         for pos, i in enumerate(stack.running):
             params, state = member_trees(trees, pos, len(stack.running))
-            p = groups[stack.index - 1][i]
-            save_checkpoint(out_dir / "ckpt" / f"{p.name}.ckpt", params, state, config=cfg.to_dict(),
-                            grid_point=p.name, epoch=cfg.grid.epochs, metrics=stack.metrics[i])
+            m = stack.members[i]
+            save_checkpoint(out_dir / "ckpt" / f"{m.name}.ckpt", params, state, config=cfg.to_dict(),
+                            grid_point=m.configuration, seed=m.seed, epoch=cfg.grid.epochs, metrics=stack.metrics[i])
 
     records = None if out_dir is None else out_dir / "stacks"
     events = out_dir / "tb" if out_dir is not None and cfg.paths.tensorboard else None
@@ -151,28 +185,15 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
 
         engine = RayEngine(cfg, data, data_root, log)
     GridRun(cfg, data, backend, runs, records, force, progress, log, save_final, events, engine).run()
-    rows = []
+    where: dict[int, list[tuple[Stack, int, Slot]]] = {}
     for stack, group in zip(runs, groups):
-        params_count = model.count_params(model.init(stack.arch, torch.Generator().manual_seed(0))[0])
-        for i, p in enumerate(group):
-            hist = stack.metrics[i]
-            diverged = stack.diverged_at[i] is not None
-            rows.append({
-                "config": p.name, "lr": p.lr, "weight_decay": p.weight_decay,
-                "label_smoothing": p.hyper(cfg).label_smoothing, "ls_axis": p.label_smoothing is not None,
-                "blocks": list(p.blocks), "mid": p.mid, "params": params_count,
-                "best_val_acc": max([r["val_acc"] for r in hist if not r["diverged"]] or [0.0]),
-                "final_val_acc": hist[-1]["val_acc"], "final_train_acc": hist[-1]["train_acc"],
-                "epochs": hist[-1]["epoch"], "rung_val_acc": stack.rung_val_acc[i],
-                "pruned": stack.pruned_at[i] is not None, "pruned_at_rung": stack.pruned_at[i],
-                "diverged": diverged, "diverged_at_step": stack.diverged_at[i],
-                "history": hist, "step_losses": stack.step_losses[i],
-            })
-            if diverged:
-                log(f"  {p.name}: diverged at step {stack.diverged_at[i]} (frozen there; the others were unaffected)")
+        for i, slot in enumerate(group):
+            where.setdefault(slot.point.index, []).append((stack, i, slot))
+    rows = [configuration_row(cfg, p, where[p.index], log) for p in points]
     if out_dir is not None:
         keys = ("config", "lr", "weight_decay", "label_smoothing", "blocks", "mid")
-        lines = [to_json({**{k: r[k] for k in keys}, **rec}) for r in rows for rec in r["history"]]
+        lines = [to_json({**{k: r[k] for k in keys}, "seed": m["seed"], **rec}) for r in rows for m in r["members"]
+                 for rec in m["history"]]
         atomic_write_text(out_dir / "metrics.jsonl", "".join(line + "\n" for line in lines))
     _rank(rows)
     if events is not None:
@@ -182,18 +203,77 @@ def run_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPoin
                            "blocks": "-".join(map(str, r["blocks"])), "mid": r["mid"]},
                           {"final_val_acc": r["final_val_acc"], "best_val_acc": r["best_val_acc"],
                            "epochs": r["epochs"], "rank": r["rank"]})
-    return rows
+    return rows, runs
+
+
+def configuration_row(cfg: Config, p: GridPoint, members: list[tuple[Stack, int, Slot]], log=print) -> dict:
+    """One configuration's summary over its seeds: the seed mean of each metric (the ranking's), its spread and
+    standard error, each seed's own record under ``"members"``, and the mean of the seeds' curves."""
+    from ..stats.seeds import summarise
+
+    stack0 = members[0][0]
+    params_count = model.count_params(model.init(stack0.arch, torch.Generator().manual_seed(0))[0])
+    seeds = []
+    for stack, i, slot in members:
+        hist = stack.metrics[i]
+        seeds.append({"name": stack.members[i].name, "seed": slot.seed, "history": hist,
+                      "final_val_acc": hist[-1]["val_acc"], "final_val_loss": hist[-1]["val_loss"],
+                      "best_val_acc": max([r["val_acc"] for r in hist if not r["diverged"]] or [0.0]),
+                      "final_train_acc": hist[-1]["train_acc"], "rung_val_acc": stack.rung_val_acc[i],
+                      "diverged_at_step": stack.diverged_at[i], "pruned_at_rung": stack.pruned_at[i],
+                      "step_losses": stack.step_losses[i]})
+        if stack.diverged_at[i] is not None:
+            log(f"  {stack.members[i].name}: diverged at step {stack.diverged_at[i]} (frozen there; the others were "
+                "unaffected)")
+    mean = lambda key: float(np.mean([m[key] for m in seeds]))  # noqa: E731
+    acc, loss = summarise([m["final_val_acc"] for m in seeds]), summarise([m["final_val_loss"] for m in seeds])
+    diverged = [m["diverged_at_step"] for m in seeds if m["diverged_at_step"] is not None]
+    return {
+        "config": p.name, "lr": p.lr, "weight_decay": p.weight_decay,
+        "label_smoothing": p.hyper(cfg).label_smoothing, "ls_axis": p.label_smoothing is not None,
+        "blocks": list(p.blocks), "mid": p.mid, "params": params_count, "seeds": len(seeds),
+        "best_val_acc": mean("best_val_acc"), "final_val_acc": acc.mean, "final_train_acc": mean("final_train_acc"),
+        "val_acc_mean": acc.mean, "val_acc_sd": acc.sd, "val_acc_sem": acc.sem,
+        "val_loss_mean": loss.mean, "val_loss_sd": loss.sd, "val_loss_sem": loss.sem,
+        "epochs": seeds[0]["history"][-1]["epoch"],
+        "rung_val_acc": np.mean([m["rung_val_acc"] for m in seeds], axis=0).tolist(),
+        "pruned": seeds[0]["pruned_at_rung"] is not None, "pruned_at_rung": seeds[0]["pruned_at_rung"],
+        "diverged": bool(diverged), "diverged_at_step": min(diverged) if diverged else None,
+        "history": mean_history([m["history"] for m in seeds]),
+        "step_losses": np.mean([m["step_losses"] for m in seeds], axis=0).tolist(), "members": seeds,
+    }
+
+
+def mean_history(histories: list[list[dict]]) -> list[dict]:
+    """Epoch by epoch, the mean over seeds of every number (``diverged``: any seed); one seed's history as it is."""
+    if len(histories) == 1:
+        return histories[0]
+    out = []
+    for recs in zip(*histories):
+        rec = {}
+        for key, v in recs[0].items():
+            values = [r[key] for r in recs]
+            if isinstance(v, bool):
+                rec[key] = any(values)
+            elif isinstance(v, (int, float)):
+                rec[key] = float(np.mean([np.nan if x is None else x for x in values]))
+            else:
+                rec[key] = v
+        out.append(rec)
+    return out
 
 
 def _rank(rows: list[dict]) -> None:
-    """Diverged last; then the configurations that trained furthest (halving), by their last validation accuracy."""
+    """Diverged last; then the configurations that trained furthest (halving), by their seeds' mean last
+    validation accuracy."""
     order = sorted(rows, key=lambda r: (r["diverged"], -len(r["rung_val_acc"]), -r["final_val_acc"]))
     for i, r in enumerate(order, start=1):
         r["rank"] = i
 
 
-COLUMNS = ["rank", "config", "lr", "weight_decay", "label_smoothing", "blocks", "mid", "params", "epochs", "rung_val_acc", "pruned",
-           "best_val_acc", "final_val_acc", "final_train_acc", "diverged"]
+COLUMNS = ["rank", "config", "lr", "weight_decay", "label_smoothing", "blocks", "mid", "params", "epochs",
+           "rung_val_acc", "pruned", "seeds", "best_val_acc", "final_val_acc", "val_acc_sd", "val_acc_sem",
+           "ensemble_val_acc", "final_train_acc", "diverged"]
 
 
 def _cell(r: dict, c: str) -> Any:
@@ -201,23 +281,34 @@ def _cell(r: dict, c: str) -> Any:
         return "-".join(map(str, r[c]))
     if c == "rung_val_acc":
         return " ".join(f"{v:.4f}" for v in r[c])
-    return r[c]
+    return r.get(c, "")
+
+
+def _val(r: dict) -> str:
+    """The validation accuracy of a configuration: one seed's, or the seeds' mean +- its standard error."""
+    if r.get("seeds", 1) == 1:
+        return f"{100 * r['final_val_acc']:.2f}%"
+    return f"{100 * r['final_val_acc']:.2f} +- {100 * r['val_acc_sem']:.2f}%"
 
 
 def results_markdown(rows: list[dict], synthetic: bool) -> str:
     """The ranked table of every configuration: the epoch it reached, its validation accuracy at each rung, and
     whether it was pruned (halving) or diverged (``results.md``, and the report's grid section)."""
     lines = ["# Grid search results" + (" (SYNTHETIC DATA)" if synthetic else ""), "",
-             "| rank | lr | wd | ls | blocks | mid | params | epochs | val acc at each rung | pruned | best val acc | "
-             "final val acc | final train acc | diverged |",
-             "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |"]
+             "| rank | lr | wd | ls | blocks | mid | params | epochs | val acc at each rung | pruned | seeds | "
+             "best val acc | final val acc (seed mean +- SE) | ensemble of its seeds | final train acc | diverged |",
+             "| ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: "
+             "| --- |"]
     for r in sorted(rows, key=lambda r: r["rank"]):
         rung = " / ".join(f"{100 * v:.2f}%" for v in r["rung_val_acc"])
         pruned = f"after rung {r['pruned_at_rung']}" if r["pruned"] else "no"
         lines.append(f"| {r['rank']} | {r['lr']:g} | {r['weight_decay']:g} | {r.get('label_smoothing', 0):g} | "
                      f"{tuple(r['blocks'])} | {r['mid']} | "
-                     f"{r['params']:,} | {r['epochs']:g} | {rung} | {pruned} | {100 * r['best_val_acc']:.2f}% | "
-                     f"{100 * r['final_val_acc']:.2f}% | {100 * r['final_train_acc']:.2f}% | "
+                     f"{r['params']:,} | {r['epochs']:g} | {rung} | {pruned} | {r.get('seeds', 1)} | "
+                     f"{100 * r['best_val_acc']:.2f}% | {_val(r)} | "
+                     + (f"{100 * r['ensemble_val_acc']:.2f}% | " if r.get("seeds", 1) > 1 and "ensemble_val_acc" in r
+                        else "- | ")
+                     + f"{100 * r['final_train_acc']:.2f}% | "
                      f"{'yes' if r['diverged'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
@@ -241,6 +332,7 @@ class GridResult:
     rows: list[dict]
     out_dir: Path
     synthetic: bool
+    sweep: dict  # sweep.json: the ranking's seed noise, the selected ensemble, the checkpoints (:mod:`..grid.ensembles`)
 
     @property
     def winner(self) -> dict:
@@ -248,7 +340,13 @@ class GridResult:
 
     @property
     def figures(self) -> dict[str, Path]:
-        return {k: self.out_dir / f"grid_search_{k}.png" for k in ("train", "val", "heatmap")}
+        names = ("train", "val", "heatmap", "hparams", "ensemble_gain", "reliability")
+        return {k: self.out_dir / f"grid_search_{k}.png" for k in names}
+
+    @property
+    def selection_ckpt(self) -> Path | None:
+        path = self.sweep.get("checkpoints", {}).get("selection")
+        return None if path is None else Path(path)
 
 
 def out_dir(cfg: Config) -> Path:
@@ -261,7 +359,10 @@ def load(cfg: Config) -> GridResult:
     rows = json.loads((d / "results.json").read_text())
     if not rows or not all("rank" in r for r in rows):
         raise ValueError(f"{d / 'results.json'}: no ranked rows")
-    return GridResult(rows, d, cfg.dataset.name == "synthetic")
+    sweep = json.loads((d / "sweep.json").read_text())
+    if not isinstance(sweep, dict) or "selection" not in sweep:
+        raise ValueError(f"{d / 'sweep.json'}: no sweep summary")
+    return GridResult(rows, d, cfg.dataset.name == "synthetic", sweep)
 
 
 @cli.exclusive(lambda cfg, *args, **kwargs: [out_dir(cfg)])
@@ -282,20 +383,60 @@ def execute(cfg: Config, rt: cli.Runtime, only: dict[str, Any] | None = None, fo
         from ..grid.ray_engine import require_ray
 
         require_ray()  # before any data reaches the device
-    rows = run_grid(cfg, data.to(device), run.backend, points, out, force=force, data_root=rt.data_root)
+    data = data.to(device)
+    rows, trained = train_grid(cfg, data, run.backend, points, out, force=force, data_root=rt.data_root)
+    sweep = analyse(cfg, rows, trained, data.val.y, out)
     write_tables(rows, out, data.synthetic)
     atomic_write_json(out / "results.json", rows)
-    from ..report.plots import grid_curves, grid_heatmaps
-
-    result = GridResult(rows, out, data.synthetic)
-    grid_curves(rows, "train", result.figures["train"], data.synthetic)
-    grid_curves(rows, "val", result.figures["val"], data.synthetic)
-    grid_heatmaps(rows, result.figures["heatmap"], data.synthetic)
+    atomic_write_json(out / "sweep.json", sweep)
+    result = GridResult(rows, out, data.synthetic, sweep)
+    figures(result)
     best = result.winner
     print(results_markdown(rows, data.synthetic))
-    print(f"best: {best['config']} (final val acc {best['final_val_acc']:.4f}); grid wall time "
+    for line in sweep_lines(result):
+        print(line)
+    print(f"best: {best['config']} (val acc {best['final_val_acc']:.4f}"
+          + (f", mean of {best['seeds']} seeds" if best["seeds"] > 1 else "") + f"); grid wall time "
           f"{time.perf_counter() - t0:.0f}s; outputs in {out}")
     return result
+
+
+def figures(result: GridResult) -> None:
+    from ..report.plots import grid_curves, grid_heatmaps
+    from ..report import sweep_plots
+
+    rows, f, synthetic = result.rows, result.figures, result.synthetic
+    grid_curves(rows, "train", f["train"], synthetic)
+    grid_curves(rows, "val", f["val"], synthetic)
+    grid_heatmaps(rows, f["heatmap"], synthetic)
+    sweep_plots.metric_vs_hparams(rows, f["hparams"])
+    sweep_plots.ensemble_gain(rows, f["ensemble_gain"])
+    sel = result.sweep.get("selection")
+    if sel is not None:
+        rel = sel["val"]["reliability"]
+        sweep_plots.reliability_diagram(rel["before"], rel["after"], f["reliability"],
+                                        "selected ensemble, validation split")
+
+
+def sweep_lines(result: GridResult) -> list[str]:
+    """What the sweep adds to the ranking, in words: its seed noise and its ensembles."""
+    out = []
+    noise, sel = result.sweep.get("noise"), result.sweep.get("selection")
+    if noise:
+        out += [noise[k]["verdict"] + "." for k in ("runner_up", "median") if k in noise]
+        if noise.get("single_seed_flips") is not None:
+            out.append(f"one seed alone would have picked another winner in {100 * noise['single_seed_flips']:.0f}% "
+                       f"of its {noise['seeds']} seeds")
+    best = result.winner
+    if "ensemble_val" in best and best["seeds"] > 1:
+        out.append(f"{best['config']}: single models {100 * best['single_val']['acc']:.2f}% on validation, the "
+                   f"ensemble of its {best['seeds']} seeds {100 * best['ensemble_val_acc']:.2f}%")
+    if sel is not None:
+        out.append(f"selected ensemble ({sel['size']} picks of {sel['pool']} members, {len(sel['members'])} distinct):"
+                   f" validation {100 * sel['val']['acc']:.2f}%, NLL {sel['val']['loss']:.4f}; best single member "
+                   f"{sel['best_member']['name']} {100 * sel['best_member']['acc']:.2f}%, NLL "
+                   f"{sel['best_member']['loss']:.4f}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

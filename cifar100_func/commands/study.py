@@ -7,7 +7,9 @@ config, the final checkpoint to the evaluation, every result to the report). A f
 the files its result is read back from. Running the study again reuses a stage whose input is unchanged and whose
 files are intact; anything else (a changed input, a missing or damaged file or marker, ``--force STAGE``) runs it
 again, so an interrupted study continues where it stopped. The final run is the study's own:
-``<runs_dir>/study/final`` and ``<artifacts_dir>/study/best.ckpt``; it never replaces another run's files.
+``<runs_dir>/study/final`` and ``<artifacts_dir>/study/best.ckpt``; it never replaces another run's files. With
+``study.final_from: ensemble`` there is no final run: the ensemble the grid selected from all its trained members
+(on validation) is the answer, and the test split is read once, by the evaluation.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, Callable, Sequence
 from . import cli, evaluate, grid_search, lr_finder, overfit, sanity, train
 from .. import inputs
 from ..config import Config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..fingerprint import fingerprint
 from ..runtime.io import atomic_write_json
 
@@ -169,15 +171,23 @@ def execute(cfg: Config, rt: cli.Runtime, force: set[str] | None = None) -> Stud
                          lambda: lr_finder.load(cfg), lambda: [out(lr_finder) / "lr_finder.json"])
     grid = cache.stage("grid_search", inputs.grid(cfg, data_id),
                        lambda: grid_search.execute(cfg, rt, force="grid_search" in cache.force),
-                       lambda: grid_search.load(cfg), lambda: [out(grid_search) / "results.json"])
+                       lambda: grid_search.load(cfg),
+                       lambda: [out(grid_search) / f for f in ("results.json", "sweep.json", "selection.ckpt")])
     fcfg = final_config(cfg, grid.winner if cfg.study.final_from == "grid" else None)
-    final = cache.stage("final", inputs.final(fcfg, data_id), lambda: _final(fcfg, rt, where, cache),
-                        lambda: train.load(where.runs / where.final_run, where.best_ckpt),
-                        lambda: [where.runs / where.final_run / "metrics.jsonl", where.best_ckpt])
-    checkpoint = file_fingerprints([where.best_ckpt])[str(where.best_ckpt)] or ""
+    final, answer = None, where.best_ckpt
+    if cfg.study.final_from == "ensemble":  # the sweep's selected ensemble is the answer: no final run
+        if grid.selection_ckpt is None:
+            raise UserError("study.final_from ensemble: the grid finished no member to select from (every "
+                            "configuration was pruned or diverged); use study.final_from grid")
+        answer = grid.selection_ckpt
+    else:
+        final = cache.stage("final", inputs.final(fcfg, data_id), lambda: _final(fcfg, rt, where, cache),
+                            lambda: train.load(where.runs / where.final_run, where.best_ckpt),
+                            lambda: [where.runs / where.final_run / "metrics.jsonl", where.best_ckpt])
+    checkpoint = file_fingerprints([answer])[str(answer)] or ""
     test = cache.stage("evaluate", inputs.evaluate(fcfg, data_id, checkpoint),
-                       lambda: evaluate.execute(fcfg, rt, final.best_ckpt), lambda: evaluate.load(where.best_ckpt),
-                       lambda: [evaluate.outputs(where.best_ckpt)["metrics"]])
+                       lambda: evaluate.execute(fcfg, rt, answer), lambda: evaluate.load(answer),
+                       lambda: [evaluate.outputs(answer)["metrics"]])
     results = StudyResults(checks, over, finder, grid, final, test, cache.records)
     path = write_report(cfg, fcfg, results, where.report)
     print(f"report: {path}")

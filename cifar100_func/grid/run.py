@@ -9,7 +9,9 @@ leave their stack (params, BN state, optimiser state, hyper-parameters and seeds
 the stack's compute shrinks with it). Ranking waits until every stack has reached the rung, so stacks may run in
 any order or place.
 
-After each stack reaches a rung, its record (``stacks/stack<n>_rung<r>.json``: metrics, losses, validation
+A stack that finishes leaves its members' weights and validation probabilities (:class:`Final`,
+``stacks/stack<n>_rung<last>_final.pt``, written before its last record) for what the sweep concludes after
+training (:mod:`.ensembles`). After each stack reaches a rung, its record (``stacks/stack<n>_rung<r>.json``: metrics, losses, validation
 accuracy; and, unless it is the last rung, its trees ``.pt``) is written atomically. A grid started again keeps
 every record whose key (config, stack, rung) matches ("stack 1, rung 1/3: done earlier, kept") and trains only the
 rest, with the same results as an uninterrupted run; ``force`` ignores the records.
@@ -39,17 +41,34 @@ from ..runtime.io import atomic_write, atomic_write_json
 from ..data.loader import steps_per_epoch
 from ..runtime.from_config import pipeline
 from ..runtime.events import Events
+from ..runtime.interop import to_state_dict
+from ..runtime.predict import probabilities
 from ..runtime.loop import Hooks, Plan, Start, init_trees, train
 from ..runtime.trainer import schedule_fields
 
 
 @dataclass
 class Member:
-    """One configuration of the grid as a stack trains it."""
+    """One model of the grid as a stack trains it: a configuration at one of its seeds."""
 
     name: str
     hyper: Hyper
     seed: int
+    group: str = ""  # the configuration's name: its seeds are ranked and pruned together ("": ``name``)
+
+    @property
+    def configuration(self) -> str:
+        return self.group or self.name
+
+
+@dataclass
+class Final:
+    """What a stack's finished members leave for the analysis after training (:mod:`.ensembles`): each one's
+    weights (reference-layout state_dicts) and its validation probabilities, plain and with ``grid.tta``'s views."""
+
+    names: list[str]
+    state_dicts: list[dict]
+    val_probs: dict[str, torch.Tensor]  # view mode -> (K, N, C) float32
 
 
 @dataclass
@@ -67,6 +86,7 @@ class Stack:
     rung_val_acc: list[list[float]] = field(default_factory=list)  # per member, one value per rung reached
     diverged_at: list[int | None] = field(default_factory=list)
     pruned_at: list[int | None] = field(default_factory=list)  # rung (1-based) after which a member left
+    final: Final | None = None  # the finished members' weights and validation probabilities
 
     def __post_init__(self) -> None:
         n = len(self.members)
@@ -148,9 +168,10 @@ def train_rung(job: RungJob, data: Dataset, backend: Backend, progress: bool | N
     """Train one stack from ``job.step`` to ``job.end`` through the one loop (data on the backend's device)."""
     cfg, tc = job.cfg, job.cfg.train
     steps = steps_per_epoch(len(data.train), tc.batch_size)
-    plan = Plan(job.arch, [m.seed for m in job.members], epochs=cfg.grid.epochs,
+    seeds = [m.seed for m in job.members]
+    plan = Plan(job.arch, seeds, epochs=cfg.grid.epochs,
                 **schedule_fields(cfg, [m.hyper for m in job.members], steps, cfg.grid.epochs),
-                shared_data=not cfg.grid.independent_seeds, guard=True, grid=True, max_steps=job.end)
+                shared_data=len(set(seeds)) == 1, guard=True, grid=True, max_steps=job.end)
     start = None
     if job.step > 0:
         p, s, o, active = tree_ops.to(job.trees, backend.device)
@@ -230,6 +251,9 @@ class GridRun:
         job = RungJob(self.cfg, stack.index, stack.arch, [stack.members[i] for i in stack.running],
                       list(stack.running), stack.step, end, r, len(self.ends), key)
         rec = self._read(stack, r, key)
+        if rec is not None and r == len(self.ends) - 1:
+            stack.final = self._read_final(stack, rec["running"])
+            rec = rec if stack.final is not None else None
         if rec is not None:
             self.log(f"{job.where}: done earlier, kept")
             self._apply(stack, rec)
@@ -247,8 +271,10 @@ class GridRun:
         r = job.rung
         stack.trees = out.trees
         self._apply(stack, out.record)
-        if r == len(self.ends) - 1 and self.on_finish is not None:
-            self.on_finish(stack, out.trees)
+        if r == len(self.ends) - 1:
+            stack.final = self._final(stack, out.trees)
+            if self.on_finish is not None:
+                self.on_finish(stack, out.trees)
         if self.records is not None:
             if r < len(self.ends) - 1:
                 leaves = [t.detach().cpu() for t in tree_leaves(out.trees)]
@@ -264,14 +290,49 @@ class GridRun:
                 stack.diverged_at[i] = rec["diverged_at"][pos]
         stack.step = rec["end"]
 
+    def _final(self, stack: Stack, trees: Any) -> Final:
+        """The finished members' weights and validation probabilities, written before the stack's last record."""
+        n = len(stack.running)
+        params, state = trees[0], trees[1]
+        probs = probabilities(params, state, self.data.val, pipeline(self.cfg, self.backend.device), self.backend,
+                              members=n if n > 1 else 0, batch_size=self.cfg.train.eval_batch_size,
+                              tta=self.cfg.grid.tta)
+        sds = [to_state_dict(*(tree_ops.to_cpu(t) for t in member_trees(trees, pos, n))) for pos in range(n)]
+        final = Final([stack.members[i].name for i in stack.running], sds, probs)
+        if self.records is not None:
+            payload = {"names": final.names, "state_dicts": final.state_dicts, "val_probs": final.val_probs}
+            atomic_write(self._path(stack, len(self.ends) - 1, "_final.pt"), lambda f: torch.save(payload, f))
+        return final
+
+    def _read_final(self, stack: Stack, running: list[int]) -> Final | None:
+        """A finished stack's :class:`Final` as an earlier run wrote it, or None when it is missing or damaged."""
+        try:
+            obj = torch.load(self._path(stack, len(self.ends) - 1, "_final.pt"), map_location="cpu",
+                             weights_only=True)
+            final = Final(obj["names"], obj["state_dicts"], obj["val_probs"])
+        except Exception:  # noqa: BLE001 - any unreadable file means: train the last rung again
+            return None
+        ok = final.names == [stack.members[i].name for i in running] and self.cfg.grid.tta in final.val_probs
+        return final if ok else None
+
     def _prune(self, r: int) -> None:
-        scores = {}
+        """Rank the configurations by their seeds' mean validation accuracy at this rung (a diverged seed counts
+        as -1) and keep the best 1/eta; every seed of a configuration stays or leaves with it."""
+        groups: dict[str, list[tuple[int, int]]] = {}
         for stack in self.stacks:
             for i in stack.running:
-                acc = stack.rung_val_acc[i][-1]
-                scores[(stack.index, i)] = acc if stack.diverged_at[i] is None and math.isfinite(acc) else -1.0
-        keep = survivors(scores, self.cfg.grid.halving.eta)
-        self.log(f"rung {r + 1}: {len(keep)} of {len(scores)} configurations go on")
+                groups.setdefault(stack.members[i].configuration, []).append((stack.index, i))
+        by_index = {stack.index: stack for stack in self.stacks}
+
+        def score(key: tuple[int, int]) -> float:
+            stack = by_index[key[0]]
+            acc = stack.rung_val_acc[key[1]][-1]
+            return acc if stack.diverged_at[key[1]] is None and math.isfinite(acc) else -1.0
+
+        scores = {keys[0]: sum(map(score, keys)) / len(keys) for keys in groups.values()}
+        kept = survivors(scores, self.cfg.grid.halving.eta)
+        keep = {key for keys in groups.values() if keys[0] in kept for key in keys}
+        self.log(f"rung {r + 1}: {len(kept)} of {len(scores)} configurations go on")
         for stack in self.stacks:
             stay = [pos for pos, i in enumerate(stack.running) if (stack.index, i) in keep]
             for pos, i in enumerate(stack.running):

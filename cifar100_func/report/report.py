@@ -69,7 +69,7 @@ class StudyResults:
     overfit: "OverfitResult"
     lr_finder: "LrFinderResult"
     grid: "GridResult"
-    final: "TrainResult"
+    final: "TrainResult | None"  # None: study.final_from ensemble (no final run)
     test: "EvalResult"
     records: dict
 
@@ -79,11 +79,10 @@ def write_report(cfg: Config, final_cfg: Config, results: StudyResults, report_d
     report_dir.mkdir(parents=True, exist_ok=True)
     r = results
     sanity, over, lrf, grid = r.sanity.summary, r.overfit.summary, r.lr_finder.summary, r.grid.rows
-    final, test, records = r.final.metrics, r.test.metrics, r.records
+    final, test, records = (r.final.metrics if r.final else None), r.test.metrics, r.records
     final_changes = changed_keys(cfg, final_cfg)
     synthetic = sanity["dataset"] == "synthetic"
     best_grid = r.grid.winner
-    best_epoch = max(final, key=lambda m: m["val_acc"])
     fig = lambda p, alt: _img(p, report_dir, alt)  # noqa: E731
     sets = " ".join(final_changes) or "(none)"
     h = cfg.grid.halving
@@ -173,40 +172,41 @@ def write_report(cfg: Config, final_cfg: Config, results: StudyResults, report_d
         f"models under `torch.func.vmap` ({'independent' if cfg.grid.independent_seeds else 'shared'} seeds). Best: "
         f"**{best_grid['config']}** (final val accuracy {_pct(best_grid['final_val_acc'])}).",
         "",
-        f"Is the ranking more than noise? On {sanity['split_sizes']['val']:,} validation images the binomial "
-        f"standard error of the winner's accuracy at {sep['at']} ({_pct(sep['winner'])}) is {_pct(sep['se'])}; the "
-        f"median configuration had {_pct(sep['median'])} there: the winner stands "
-        f"**{sep['gap_in_se']:.1f} standard errors** above it"
-        + (" (more than one: a ranking, not a draw)." if sep["gap_in_se"] > 1 else " (a draw within the noise)."),
+        *_noise_lines(cfg, r.grid.sweep, sep, sanity["split_sizes"]["val"]),
         "",
         *results_markdown(grid, synthetic).splitlines()[2:],
         "",
+        *_ensemble_lines(grid, r.grid.sweep),
+        fig(r.grid.figures["hparams"], "validation accuracy against each swept hyper-parameter"), "",
+        fig(r.grid.figures["ensemble_gain"], "each configuration's seed ensemble against its single models"), "",
+        *([fig(r.grid.figures["reliability"], "reliability of the selected ensemble"), ""]
+          if r.grid.sweep.get("selection") else []),
         fig(r.grid.figures["val"], "grid validation curves"), "",
         fig(r.grid.figures["train"], "grid training curves"), "",
         fig(r.grid.figures["heatmap"], "grid heat-maps"),
         "",
         "## 7. Final training",
         "",
-        (f"A seed ensemble of {len(members)} models trained as one stack under vmap" if members else
-         "Standard path (one model)")
-        + f", {'the grid' if cfg.study.final_from == 'grid' else 'the config'}'s configuration "
-        f"(overrides: `{sets}`), {len(final)} epochs. Best validation accuracy **{_pct(best_epoch['val_acc'])}** at "
-        f"epoch {best_epoch['epoch']}; last epoch: train accuracy {_pct(final[-1]['train_acc'])}, validation "
-        f"accuracy {_pct(final[-1]['val_acc'])}; {final[-1]['images_per_sec']:.0f} training images/s.",
-        "",
-        fig(r.final.figures["loss"], "final loss curves"), "",
-        fig(r.final.figures["accuracy"], "final accuracy curves"),
-        "",
+        *_final_lines(cfg, r, final, members, sets, fig),
         "## 8. Test evaluation",
         "",
-        f"Best-by-validation checkpoint (epoch {test.get('checkpoint_epoch')}), {test['num_test_images']:,} test images: "
+        ("The ensemble selected in section 6" if final is None else
+         f"Best-by-validation checkpoint (epoch {test.get('checkpoint_epoch')})")
+        + f", {test['num_test_images']:,} test images"
+        + (f", test-time views `{test['tta']}`" if test.get("tta", "none") != "none" else "") + ": "
         f"accuracy **{_pct(test['test_accuracy'])}**, loss **{test['test_loss']:.4f}**, top-5 accuracy "
         f"{_pct(test['test_top5_accuracy'])}, coarse (20 super-classes) accuracy {_pct(test['test_coarse_accuracy'])}"
-        + (f"; the ensemble (mean of the members' softmax) of {len(members)} members." if members else "."),
+        + (f"; the ensemble (mean of the members' softmax) of {len(members)} members." if members else ".")
+        + (f" Without test-time views: accuracy {_pct(test['plain']['test_accuracy'])}, loss "
+           f"{test['plain']['test_loss']:.4f}." if "plain" in test else ""),
         "",
-        *(["| member | test accuracy | test loss | top-5 |", "| ---: | ---: | ---: | ---: |"]
-          + [f"| {j + 1} | {_pct(m['test_accuracy'])} | {m['test_loss']:.4f} | {_pct(m['test_top5_accuracy'])} |"
+        *_calibration_lines(test),
+        *(["| member | weight | test accuracy | test loss | top-5 |", "| --- | ---: | ---: | ---: | ---: |"]
+          + [f"| {m.get('name', j + 1)} | {m.get('weight', 1):.3g} | {_pct(m['test_accuracy'])} | "
+             f"{m['test_loss']:.4f} | {_pct(m['test_top5_accuracy'])} |"
              for j, m in enumerate(members)] + [""] if members else []),
+        *([fig(r.test.figures["reliability"], "test reliability diagram"), ""] if "reliability" in r.test.figures
+          and r.test.figures["reliability"].is_file() else []),
         fig(r.test.figures["coarse"], "coarse confusion matrix"), "",
         fig(r.test.figures["fine"], "fine confusion matrix"),
         "",
@@ -239,3 +239,73 @@ def write_report(cfg: Config, final_cfg: Config, results: StudyResults, report_d
     path = report_dir / "REPORT.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _noise_lines(cfg: Config, sweep: dict, sep: dict, n_val: int) -> list[str]:
+    """Is the ranking more than noise? With seeds: paired tests over them; with one: the binomial error only."""
+    noise = sweep.get("noise")
+    if noise and noise.get("seeds", 1) > 1:
+        out = [f"Is the ranking more than noise? Every configuration trained {noise['seeds']} seeds (the same seeds "
+               "for all, so comparisons are paired); the ranking uses their mean. "
+               + " ".join(f"{noise[k]['verdict'][0].upper()}{noise[k]['verdict'][1:]}." for k in ("runner_up", "median")
+                          if k in noise)]
+        if noise.get("single_seed_flips") is not None:
+            out[0] += (f" One seed alone would have crowned another winner for {100 * noise['single_seed_flips']:.0f}% "
+                       "of the seeds.")
+        return out
+    return [f"Is the ranking more than noise? On {n_val:,} validation images the binomial standard error of the "
+            f"winner's accuracy at {sep['at']} ({_pct(sep['winner'])}) is {_pct(sep['se'])}; the median configuration "
+            f"had {_pct(sep['median'])} there: the winner stands **{sep['gap_in_se']:.1f} standard errors** above it"
+            + (" (more than one: a ranking, not a draw)" if sep["gap_in_se"] > 1 else " (a draw within the noise)")
+            + ". One seed per configuration: the seed's own noise, often larger, is not measured (`hparams.seeds`)."]
+
+
+def _ensemble_lines(grid: list[dict], sweep: dict) -> list[str]:
+    """Each configuration's seed ensemble, and the ensemble selected across the sweep, on validation."""
+    out = []
+    gains = [r["ensemble_gain"] for r in grid if "ensemble_gain" in r and r.get("seeds", 1) > 1]
+    if gains:
+        out += [f"Every configuration is also the ensemble of its seeds (mean of their softmax): on validation it "
+                f"gains {100 * min(gains):+.2f} to {100 * max(gains):+.2f} points over its single models' mean.", ""]
+    sel = sweep.get("selection")
+    if sel:
+        c = sel["val"]["calibration"]
+        view = "" if sweep.get("view", "none") == "none" else f" (test-time views `{sweep['view']}`)"
+        out += [f"Ensemble selection (greedy forward selection with replacement, Caruana et al. 2004, {sel['rounds']} "
+                f"rounds on validation NLL) over all {sel['pool']} trained members{view}: "
+                + ", ".join(f"{m['name']} x{m['count']}" for m in sel["members"])
+                + f". Validation accuracy **{_pct(sel['val']['acc'])}**, NLL {sel['val']['loss']:.4f}, against the "
+                f"best single member ({sel['best_member']['name']}) {_pct(sel['best_member']['acc'])}, NLL "
+                f"{sel['best_member']['loss']:.4f}. Its calibration: ECE {c['ece']:.4f}, Brier {c['brier']:.4f}; with "
+                f"a temperature of {c['temperature']:.3f} fitted on validation, ECE {c['scaled']['ece']:.4f}.", ""]
+    return out
+
+
+def _final_lines(cfg: Config, r: StudyResults, final: list[dict] | None, members: list, sets: str, fig) -> list[str]:
+    if final is None:
+        return ["No final run (`study.final_from: ensemble`): the answer is the ensemble selected from the grid's "
+                "trained members in section 6, chosen on validation only; section 8 reads the test split once.", ""]
+    best_epoch = max(final, key=lambda m: m["val_acc"])
+    assert r.final is not None
+    return [
+        (f"A seed ensemble of {len(members)} models trained as one stack" if members else "Standard path (one model)")
+        + f", {'the grid' if cfg.study.final_from == 'grid' else 'the config'}'s configuration "
+        f"(overrides: `{sets}`), {len(final)} epochs. Best validation accuracy **{_pct(best_epoch['val_acc'])}** at "
+        f"epoch {best_epoch['epoch']}; last epoch: train accuracy {_pct(final[-1]['train_acc'])}, validation "
+        f"accuracy {_pct(final[-1]['val_acc'])}; {final[-1]['images_per_sec']:.0f} training images/s.",
+        "",
+        fig(r.final.figures["loss"], "final loss curves"), "",
+        fig(r.final.figures["accuracy"], "final accuracy curves"),
+        "",
+    ]
+
+
+def _calibration_lines(test: dict) -> list[str]:
+    c = test.get("calibration")
+    if not c:
+        return []
+    line = f"Calibration on test: NLL {c['nll']:.4f}, ECE (15 bins) {c['ece']:.4f}, Brier {c['brier']:.4f}"
+    if "scaled" in c:
+        line += (f"; after temperature scaling (T = {c['temperature']:.3f}, fitted on validation): NLL "
+                 f"{c['scaled']['nll']:.4f}, ECE {c['scaled']['ece']:.4f}, Brier {c['scaled']['brier']:.4f}")
+    return [line + ".", ""]

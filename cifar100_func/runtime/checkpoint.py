@@ -7,8 +7,10 @@ A project checkpoint is a dict ``{"format": FORMAT, "state_dict": <reference lay
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,19 +83,37 @@ def load_weights(path: Path, arch: Arch | None = None) -> tuple[Params, State, d
 MAX_MEMBERS = 1024  # study.final_seeds' bound
 
 
-def load_members(path: Path) -> tuple[list[tuple[Params, State]], dict, Arch]:
-    """Every model of a checkpoint: the members of an ensemble checkpoint, else the one model (as
-    :func:`load_weights`); all members share the first one's architecture."""
+@dataclass(frozen=True)
+class Members:
+    """Every model of a checkpoint with its architecture and its weight in the ensemble (one model: weight 1)."""
+
+    models: list[tuple[Params, State]]
+    archs: list[Arch]
+    weights: list[float]
+    names: list[str]
+    meta: dict  # the checkpoint dict ({} for a plain state_dict)
+
+
+def load_members(path: Path) -> Members:
+    """Every model of a checkpoint: the members of an ensemble checkpoint (``train --ensemble N``, or a sweep's
+    selected ensemble: any architectures, ``"ensemble_weights"``), else the one model (as :func:`load_weights`).
+    Each member's architecture comes from its own tensors."""
     params, state, meta, arch = load_weights(path)
     sds = meta.get("ensemble")
     if not sds:
-        return [(params, state)], meta, arch
+        return Members([(params, state)], [arch], [1.0], ["model"], meta)
     if not isinstance(sds, list) or not all(isinstance(sd, dict) for sd in sds):
         raise CheckpointError(f"checkpoint {str(path)!r}: 'ensemble' must be a list of state_dicts")
     if len(sds) > MAX_MEMBERS:  # members may share storage in the file: their count bounds what stacking costs
         raise CheckpointError(f"checkpoint {str(path)!r}: an ensemble of {len(sds)} exceeds {MAX_MEMBERS} members")
+    weights = meta.get("ensemble_weights", [1.0] * len(sds))
+    if (not isinstance(weights, list) or len(weights) != len(sds)
+            or not all(isinstance(w, (int, float)) and math.isfinite(w) and w > 0 for w in weights)):
+        raise CheckpointError(f"checkpoint {str(path)!r}: 'ensemble_weights' must be {len(sds)} positive numbers")
+    names = meta.get("ensemble_members", [f"member {j + 1}" for j in range(len(sds))])
     try:
-        return [from_state_dict(sd, arch) for sd in sds], meta, arch
+        archs = [arch_from_state_dict(sd) for sd in sds]
+        models = [from_state_dict(sd, a) for sd, a in zip(sds, archs)]
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: an ensemble member: {exc}") from None
-
+    return Members(models, archs, [float(w) for w in weights], [str(n) for n in names], meta)
