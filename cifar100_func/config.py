@@ -120,6 +120,9 @@ class AugmentConfig:
     enabled: Bool = True
     crop_padding: Annotated[Int, within(0, 16)] = 4
     hflip_p: Probability = 0.5
+    # random: a coin per image and epoch (p = hflip_p); alternating: each image mirrored every other epoch, from a
+    # per-image coin drawn once from the seed (hflip_p unused)
+    flip: Literal["random", "alternating"] = "random"
     brightness: Probability = 0.2
     contrast: Probability = 0.2
     saturation: Probability = 0.2
@@ -136,6 +139,9 @@ class ModelConfig:
     name: Literal["bottlenecknet"] = "bottlenecknet"
     blocks: Blocks = (3, 3, 3)
     bottleneck_mid: Mid = 16
+    # running = (1 - m) * running + m * batch statistics in training (nn.BatchNorm2d's momentum)
+    bn_momentum: Annotated[Float, within(0.0, 1.0, low_open=True)] = 0.1
+    identity_init: Bool = False  # each residual branch's last batch norm starts with weight 0 (block = shortcut)
 
 
 @section
@@ -149,6 +155,8 @@ class OptimizerConfig:
     nesterov: Bool = True  # sgd only
     # false: weight decay on convolution and linear weights only (not on batch-norm weights and biases)
     decay_norm_and_bias: Bool = True
+    # the lr of batch-norm weights and biases and of the classifier's bias is this times the lr (a second group)
+    norm_bias_lr_mult: Annotated[Float, within(0.0, 1000.0, low_open=True)] = 1.0
 
 
 @section
@@ -173,6 +181,18 @@ class SchedulerConfig:
 
 
 @section
+class EmaConfig:
+    """An exponential moving average of the weights, kept by the optimiser (off while ``decay`` is null)."""
+
+    decay: Optional[Annotated[Float, within(0.0, 1.0, high_open=True)]] = None
+    warmup: Bool = False  # decay min(decay, (1 + t) / (10 + t)) after t averaged steps
+    # the batch-norm statistics of the averaged weights: average: an average of the running statistics alongside;
+    # recompute: recomputed on bn_images training images after training (train-mode passes, cumulative average)
+    bn: Literal["average", "recompute"] = "average"
+    bn_images: Annotated[Int, within(1, 1 << 20)] = 512
+
+
+@section
 class TrainConfig:
     seed: Seed = 42
     batch_size: Annotated[Int, within(2, 1 << 16)] = 64
@@ -189,6 +209,7 @@ class TrainConfig:
     compile_mode: Literal["auto", "default", "reduce-overhead", "max-autotune"] = how("auto")
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
     def __post_init__(self) -> None:
         if self.scheduler.cycle_momentum and (self.scheduler.name != "onecycle" or self.optimizer.name != "sgd"):
@@ -209,7 +230,7 @@ class HparamsConfig:
     label_smoothing: Optional[Annotated[tuple[Smoothing, ...], at.MinLen(1)]] = None
     # seeds per configuration (own initial weights, batch order and augmentation; the same N seeds for every
     # configuration, so comparisons are paired); every configuration is also the ensemble of its seeds
-    seeds: Annotated[Int, within(1, 1024)] = 1
+    seeds: Annotated[Int, within(1, 1024)] = 3
 
 
 @section

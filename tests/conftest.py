@@ -45,7 +45,8 @@ TINY = {
     "model": {"blocks": [1, 1, 1], "bottleneck_mid": 4},
     "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "channels_last": False, "compile": False,
               "optimizer": {"lr": 0.003}},
-    "hparams": {"lr": [0.001, 0.003], "weight_decay": [0.0], "blocks": [[1, 1, 1]], "bottleneck_mid": [4]},
+    "hparams": {"lr": [0.001, 0.003], "weight_decay": [0.0], "blocks": [[1, 1, 1]], "bottleneck_mid": [4],
+                "seeds": 1},
     "grid": {"epochs": 1},
 }
 

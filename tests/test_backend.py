@@ -41,6 +41,7 @@ def test_compile_failure_continues_eagerly_with_eager_settings(tiny_config, monk
         return call
 
     cfg = load_config(tiny_config({"train": {"precision": "fp64", "channels_last": True},
+                                   "grid": {"executor": "vmap"},  # the vmap executor's eager settings
                                    "dataset": {"synthetic": {"train_size": 100 + 32 * 3}}}))
     data = load_dataset(data_spec(cfg))
     from cifar100_func.runtime.trainer import arch_from

@@ -74,7 +74,8 @@ def test_stacked_rules_in_float32_are_the_sequential_kernels():
 
 
 def _backend(device: str, batching: str) -> Backend:
-    return Backend(torch.device(device), PRECISIONS["fp32"], "", True, True, "default", batching)
+    return Backend(torch.device(device), PRECISIONS["fp32"], "", True, True, "default", batching,
+                   executor="vmap")  # the rules are the vmap executor's
 
 
 def test_the_backend_installs_the_rules_for_eager_stacks_on_the_cpu_only():

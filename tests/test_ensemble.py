@@ -70,7 +70,7 @@ def test_ensemble_members_equal_single_runs_and_metrics_equal_the_oracle(run_cli
 
     code, out, err = run_cli("evaluate", "--config", str(ens_cfg))
     assert code == 0, err
-    assert "member 2:" in out
+    assert "member 2 (weight 1): " in out
     res = json.loads((tmp_path / "e" / "art" / "best.eval_test.json").read_text())
     want = _oracle(ckpt["ensemble"], ens_cfg)
     assert res["ensemble_size"] == 2 and res["checkpoint_kind"].startswith("ensemble of 2")

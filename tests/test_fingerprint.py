@@ -37,6 +37,7 @@ EXPECT: dict[str, set[str]] = {
     "preprocess.": ALL,
     "augment.": ALL - {"overfit"},  # the overfit check trains without augmentation
     "augment.off_last_epochs": GRID,  # only runs of several epochs have a last phase
+    "model.bn_momentum": ALL, "model.identity_init": ALL,  # every model trained or checked, whatever its shapes
     "model.": {"sanity", "lr_finder"},  # the grid has its own architectures, the final run the winner's
     "train.seed": ALL,
     "train.batch_size": ALL,
@@ -54,6 +55,8 @@ EXPECT: dict[str, set[str]] = {
     "train.optimizer.momentum": {"lr_finder"},  # the grid and final run cycle it
     "train.optimizer.nesterov": {"lr_finder"} | GRID,
     "train.optimizer.decay_norm_and_bias": ALL - {"sanity"},
+    "train.optimizer.norm_bias_lr_mult": ALL - {"sanity"},
+    "train.ema.": {"overfit"} | GRID,  # what training keeps besides the weights; the range test only steps
     "train.scheduler.": GRID,
     "train.scheduler.min_lr_ratio": NONE,  # cosine's
     "hparams.": GRID,
@@ -78,6 +81,11 @@ SPECIAL: dict[str, tuple[list[str], str]] = {
     "train.optimizer.name": (["train.scheduler.cycle_momentum=false"], "adam"),
     "train.scheduler.name": (["train.scheduler.cycle_momentum=false"], "cosine"),
     "train.scheduler.max_momentum": ([], "0.97"),
+    "augment.flip": ([], "alternating"),
+    "train.ema.decay": ([], "0.9"),
+    "train.ema.warmup": (["train.ema.decay=0.9"], None),
+    "train.ema.bn": (["train.ema.decay=0.9"], "recompute"),
+    "train.ema.bn_images": (["train.ema.decay=0.9", "train.ema.bn=recompute"], None),
     "grid.batching": ([], "grouped"),
     "grid.compile": ([], "true"),
     "grid.schedule": ([], "exhaustive"),

@@ -127,7 +127,7 @@ def test_batching_formulations_agree(tiny_config, independent):
     results = []
     for form in ("per_model", "grouped"):
         cfg, data, arch = _setup(tiny_config, {"train": {"precision": "fp64", "channels_last": True},
-                                               "grid": {"batching": form}})
+                                               "grid": {"batching": form, "executor": "vmap"}})
         members = [(lr, wd, 5 + i * independent) for i, (lr, wd) in enumerate(CONFIGS)]
         results.append(fit_stack(cfg, data, arch, members, 1, shared_data=not independent))
     a, b = results
@@ -201,7 +201,7 @@ def test_stacks_compile_only_when_it_pays(tiny_config, grid_compile, train_compi
     """``grid.compile: null`` follows ``train.compile`` for runs of at least 200 steps; true/false force it; the
     grid marks its plans as grid stacks and the backend's compile policy decides."""
     cfg, data, _ = _setup(tiny_config, {"train": {"compile": train_compile, "channels_last": True},
-                                        "grid": {"compile": grid_compile}})
+                                        "grid": {"compile": grid_compile, "executor": "vmap"}})
     runner = Backend.create(cfg, DEV).runner(3, n_steps, grid=True)
     assert runner.compiled == expected
     # an eager stack on a CPU runs the per-model rules and channels-last batches; a compiled one vmap's own rules

@@ -33,6 +33,7 @@ from ..data.dataset import Dataset
 from ..errors import ConfigError
 from ..runtime.io import atomic_write_json, atomic_write_text, to_json
 from ..runtime.backend import Backend
+from ..runtime import from_config
 from ..grid.ensembles import analyse
 from ..grid.run import GridRun, Member, Stack, member_trees
 from ..runtime.events import write_hparams
@@ -164,7 +165,7 @@ def train_grid(cfg: Config, data: Dataset, backend: Backend, points: list[GridPo
     from ..runtime.stack_size import resolve_max_stack  # grid.max_stack, "auto" sized per architecture
 
     slots = [Slot(p, k, seed, cfg.hparams.seeds) for p in points for k, seed in enumerate(member_seeds(cfg, p))]
-    arch = lambda g: model.Arch(g[0].point.blocks, g[0].point.mid, data.num_classes)  # noqa: E731
+    arch = lambda g: from_config.arch(cfg, data.num_classes, g[0].point.blocks, g[0].point.mid)  # noqa: E731
     groups = [s for g in stacks(slots, None) for s in stacks(g, resolve_max_stack(cfg, backend, arch(g), log))]
     runs = [Stack(n, arch(g), [s.member(cfg) for s in g], list(range(len(g)))) for n, g in enumerate(groups, start=1)]
 

@@ -5,13 +5,18 @@ ColorJitter -> ToTensor -> Normalize`` with torchvision's maths, but on a whole 
 [0, 1] at once. Parameters are drawn on the CPU from an explicit generator (so a seed gives the same images
 on every device) and then applied with pure tensor functions, each testable on its own. The settings come in as
 an :class:`Augmentation` (plain values, no config schema).
+
+Flips are ``random`` (a coin per image and epoch, as torchvision) or ``alternating`` (airbench): each image is
+mirrored on alternate epochs, from a per-image coin drawn once from the seed (:func:`alternating_flips`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from .seeding import generator
 
 GRAY = (0.2989, 0.587, 0.114)  # ITU-R 601 luma weights, as torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
@@ -19,11 +24,13 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)
 
 @dataclass(frozen=True)
 class Augmentation:
-    """The augmentation's settings: crop padding, flip probability, colour-jitter strengths (0: off), on or off."""
+    """The augmentation's settings: crop padding, flip probability, colour-jitter strengths (0: off), on or off;
+    ``flip``: ``random`` or ``alternating`` (which ignores ``hflip_p``: every image is mirrored every other epoch)."""
 
     enabled: bool = True
     crop_padding: int = 4
     hflip_p: float = 0.5
+    flip: str = "random"
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
@@ -65,6 +72,20 @@ def sample_params(n: int, settings: Augmentation, generator: torch.Generator) ->
         hue=settings.hue * (2.0 * torch.rand(n, generator=g) - 1.0),
         order=torch.argsort(torch.rand(n, 4, generator=g), dim=1),
     )
+
+
+def alternating_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Whether each of ``n`` images (by index in its split) is mirrored in ``epoch``: a coin per image drawn once
+    from ``seed``, XOR the epoch's parity, so over any two consecutive epochs every image is seen both ways."""
+    coins = torch.rand(n, generator=generator(seed, "alternating_flip")) < 0.5
+    return coins ^ bool(epoch % 2)
+
+
+def with_alternating_flips(p: AugmentParams, order: torch.Tensor, seed: int, epoch: int) -> AugmentParams:
+    """``p`` (drawn for the positions of an epoch's ``order``) with the flips of :func:`alternating_flips` for the
+    images at those positions; every other parameter, and so the random stream, unchanged."""
+    flips = alternating_flips(len(order), seed, epoch)[order.cpu()]
+    return replace(p, flip=flips.to(p.flip.device))
 
 
 # ------------------------------------------------------------------------------- geometric transforms

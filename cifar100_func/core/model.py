@@ -25,11 +25,16 @@ BN_MOMENTUM = 0.1
 
 @dataclass(frozen=True)
 class Arch:
-    """What fixes the shapes: blocks per stage, stage-1 bottleneck width, number of classes."""
+    """What fixes the shapes: blocks per stage, stage-1 bottleneck width, number of classes; and two options of
+    the network's training that are not shapes: the batch norms' momentum (train-mode forward passes:
+    ``running = (1 - m) * running + m * batch``) and identity initialisation (each residual branch's last batch
+    norm starts with weight 0, so each block starts as its shortcut)."""
 
     blocks: tuple[int, int, int] = (3, 3, 3)
     mid: int = 16
     num_classes: int = 100
+    bn_momentum: float = BN_MOMENTUM
+    identity_init: bool = False
 
     def stages(self) -> list[tuple[int, int, int, int]]:
         """(blocks, in, mid, out) per stage."""
@@ -88,6 +93,10 @@ def init(arch: Arch, generator: torch.Generator) -> tuple[Params, State]:
             blocks_p.append(bp)
             blocks_s.append(bs)
         params[f"layer{stage}"], state[f"layer{stage}"] = blocks_p, blocks_s
+    if arch.identity_init:  # after every draw: the other tensors are those of the default init
+        for stage in (1, 2, 3):
+            for bp in params[f"layer{stage}"]:
+                bp["bn3"]["weight"] = torch.zeros_like(bp["bn3"]["weight"])
     params["fc"] = {
         "weight": _kaiming_uniform((arch.num_classes, 256), 256, g),
         "bias": _kaiming_uniform((arch.num_classes,), 256, g),
@@ -96,7 +105,8 @@ def init(arch: Arch, generator: torch.Generator) -> tuple[Params, State]:
 
 
 # ----------------------------------------------------------------------------------- forward
-def batch_norm(x: torch.Tensor, p: dict, s: dict, train: bool) -> tuple[torch.Tensor, dict]:
+def batch_norm(x: torch.Tensor, p: dict, s: dict, train: bool,
+               momentum: float = BN_MOMENTUM) -> tuple[torch.Tensor, dict]:
     """Functional BatchNorm2d: batch statistics in training; the running statistics are returned, never mutated.
 
     The fused kernel updates running statistics in place, so it is handed fresh copies that then become the
@@ -107,34 +117,37 @@ def batch_norm(x: torch.Tensor, p: dict, s: dict, train: bool) -> tuple[torch.Te
     if not train:
         return F.batch_norm(x, s["running_mean"], s["running_var"], p["weight"], p["bias"], False, 0.0, BN_EPS), s
     mean, var = s["running_mean"].clone(), s["running_var"].clone()
-    y = F.batch_norm(x, mean, var, p["weight"], p["bias"], True, BN_MOMENTUM, BN_EPS)
+    y = F.batch_norm(x, mean, var, p["weight"], p["bias"], True, momentum, BN_EPS)
     return y, {"running_mean": mean, "running_var": var, "num_batches_tracked": s["num_batches_tracked"] + 1}
 
 
-def _block_apply(p: dict, s: dict, x: torch.Tensor, stride: int, train: bool) -> tuple[torch.Tensor, dict]:
+def _block_apply(p: dict, s: dict, x: torch.Tensor, stride: int, train: bool,
+                 momentum: float = BN_MOMENTUM) -> tuple[torch.Tensor, dict]:
     new_s: dict[str, Any] = {}
     out = F.conv2d(x, p["conv1"])
-    out, new_s["bn1"] = batch_norm(out, p["bn1"], s["bn1"], train)
+    out, new_s["bn1"] = batch_norm(out, p["bn1"], s["bn1"], train, momentum)
     out = F.relu(out)
     out = F.conv2d(out, p["conv2"], stride=stride, padding=1)
-    out, new_s["bn2"] = batch_norm(out, p["bn2"], s["bn2"], train)
+    out, new_s["bn2"] = batch_norm(out, p["bn2"], s["bn2"], train, momentum)
     out = F.relu(out)
     out = F.conv2d(out, p["conv3"])
-    out, new_s["bn3"] = batch_norm(out, p["bn3"], s["bn3"], train)
+    out, new_s["bn3"] = batch_norm(out, p["bn3"], s["bn3"], train, momentum)
     if "shortcut" in p:
         short = F.conv2d(x, p["shortcut"]["conv"], stride=stride)
-        short, bn_s = batch_norm(short, p["shortcut"]["bn"], s["shortcut"]["bn"], train)
+        short, bn_s = batch_norm(short, p["shortcut"]["bn"], s["shortcut"]["bn"], train, momentum)
         new_s["shortcut"] = {"bn": bn_s}
     else:
         short = x
     return F.relu(out + short), new_s
 
 
-def apply(params: Params, state: State, x: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, State]:
-    """Logits for a batch ``x`` of shape (N, 3, H, W), and the new BatchNorm state."""
+def apply(params: Params, state: State, x: torch.Tensor, *, train: bool,
+          momentum: float = BN_MOMENTUM) -> tuple[torch.Tensor, State]:
+    """Logits for a batch ``x`` of shape (N, 3, H, W), and the new BatchNorm state (``momentum``: the batch
+    norms' in a train-mode pass, a Python float)."""
     new_state: State = {}
     out = F.conv2d(x, params["stem"]["conv"], padding=1)
-    out, bn_s = batch_norm(out, params["stem"]["bn"], state["stem"]["bn"], train)
+    out, bn_s = batch_norm(out, params["stem"]["bn"], state["stem"]["bn"], train, momentum)
     new_state["stem"] = {"bn": bn_s}
     out = F.relu(out)
     for stage in (1, 2, 3):
@@ -142,7 +155,7 @@ def apply(params: Params, state: State, x: torch.Tensor, *, train: bool) -> tupl
         new_state[name] = []
         for i, (bp, bs) in enumerate(zip(params[name], state[name])):
             stride = 2 if (i == 0 and stage > 1) else 1
-            out, s = _block_apply(bp, bs, out, stride, train)
+            out, s = _block_apply(bp, bs, out, stride, train, momentum)
             new_state[name].append(s)
     out = out.mean(dim=(-2, -1))
     logits = F.linear(out, params["fc"]["weight"], params["fc"]["bias"])

@@ -8,6 +8,10 @@ state (:mod:`.hyper`) with the step count, and each step builds the chain from t
 ``update(grads, state, params) -> (new_params, state)`` needs nothing else. K models with different values are K
 states stacked: the same update runs under ``torch.func.vmap`` with one value per model.
 
+An Optimizer may also keep an exponential moving average of the weights (:class:`Averaging`; optionally of the
+model's batch-norm statistics too) in its state, updated after each step as ``torch.optim.swa_utils.AveragedModel``
+with an EMA ``multi_avg_fn``; :func:`averaged` reads it out.
+
 Eagerly on unbatched tensors the leaf loops are ``torch._foreach_*`` kernels (one launch for all leaves instead of
 one per leaf); under ``vmap`` (no batching rules for them) and while ``torch.compile`` traces (inductor fuses the
 loop itself) they are plain per-leaf ops. The maths equals ``torch.optim`` (tests compare them step by step).
@@ -21,7 +25,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from . import hyper as hp
 from ..torch_private import inside_functorch
@@ -54,7 +58,20 @@ class TraceState(NamedTuple):
 
 class OptState(NamedTuple):
     hyper: hp.HyperState  # the step count and every hyper-parameter of the model
-    inner: Any  # the chain's state
+    inner: Any  # the chain's state (with averaging: an :class:`Averaged`)
+
+
+class AverageState(NamedTuple):
+    count: Tensor  # int64: updates averaged so far
+    params: Any  # the average of the parameters (a tree like them)
+    model_state: Any  # the average of the model state (batch-norm statistics), or () (no leaves: None would be one)
+
+
+class Averaged(NamedTuple):
+    """The inner state of an Optimizer with averaging: the chain's state and the average."""
+
+    chain: Any
+    average: AverageState
 
 
 # ------------------------------------------------------------------------------------- leaf-list maths
@@ -148,6 +165,21 @@ def scale_by_lr(lr: Scalar) -> Transform:
     return Transform(lambda params: EmptyState(), update)
 
 
+def scale_masked(factor: float, mask: Callable[[Tensor], bool]) -> Transform:
+    """``factor * u`` for the leaves ``mask`` accepts, the others unchanged: before :func:`scale_by_lr`, an lr
+    multiplier for one group of parameters (``torch.optim``'s second param group with ``lr * factor``)."""
+
+    def update(u: Leaves, state: EmptyState, params: Leaves) -> tuple[Leaves, EmptyState]:
+        return [x * factor if mask(p) else x for x, p in zip(u, params)], state
+
+    return Transform(lambda params: EmptyState(), update)
+
+
+def norm_or_bias(p: Tensor) -> bool:
+    """Batch-norm weights and biases, and the classifier's bias: the leaves that are not matrices."""
+    return not matrices_only(p)
+
+
 def chain(*transforms: Transform) -> Transform:
     """The transforms one after another; the state is the tuple of their states."""
 
@@ -164,20 +196,83 @@ def chain(*transforms: Transform) -> Transform:
     return Transform(init, update)
 
 
+def _lr(lr: Scalar, norm_bias_lr_mult: float) -> tuple[Transform, ...]:
+    """``-lr * u``, and ``norm_bias_lr_mult`` times that for batch-norm parameters and biases (1: one group)."""
+    if norm_bias_lr_mult == 1.0:
+        return (scale_by_lr(lr),)
+    return scale_masked(norm_bias_lr_mult, norm_or_bias), scale_by_lr(lr)
+
+
 def adam_chain(lr: Scalar, weight_decay: Scalar, *, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-               decoupled: bool = False, decay_mask: Callable[[Tensor], bool] | None = None) -> Transform:
+               decoupled: bool = False, decay_mask: Callable[[Tensor], bool] | None = None,
+               norm_bias_lr_mult: float = 1.0) -> Transform:
     """Adam with coupled L2 weight decay (``torch.optim.Adam``), or decoupled decay (``AdamW``)."""
     decay = add_decayed_weights(weight_decay, decay_mask)
     if decoupled:
-        return chain(scale_by_adam(*betas, eps), decay, scale_by_lr(lr))
-    return chain(decay, scale_by_adam(*betas, eps), scale_by_lr(lr))
+        return chain(scale_by_adam(*betas, eps), decay, *_lr(lr, norm_bias_lr_mult))
+    return chain(decay, scale_by_adam(*betas, eps), *_lr(lr, norm_bias_lr_mult))
 
 
 def sgd_chain(lr: Scalar, weight_decay: Scalar, momentum: Scalar, *, nesterov: bool = True,
-              decay_mask: Callable[[Tensor], bool] | None = None) -> Transform:
+              decay_mask: Callable[[Tensor], bool] | None = None, norm_bias_lr_mult: float = 1.0) -> Transform:
     """SGD with (Nesterov) momentum and coupled L2 weight decay (``torch.optim.SGD``, dampening 0)."""
     return chain(add_decayed_weights(weight_decay, decay_mask), scale_by_momentum(momentum, nesterov),
-                 scale_by_lr(lr))
+                 *_lr(lr, norm_bias_lr_mult))
+
+
+# ------------------------------------------------------------------------------------- weight averaging
+@dataclass(frozen=True)
+class Averaging:
+    """An exponential moving average of the weights after every step: the first update copies them, then
+    ``avg = decay_t * avg + (1 - decay_t) * new`` with ``decay_t = decay``, or with ``warmup``
+    ``min(decay, (1 + t) / (10 + t))``, ``t`` the updates averaged before this one (TensorFlow's
+    ``ExponentialMovingAverage(num_updates=t)``). ``model_state``: the model's batch-norm statistics too (their
+    floating-point leaves; the others, batch counts, are the latest)."""
+
+    decay: float
+    warmup: bool = False
+    model_state: bool = False
+
+
+def _average_init(params: Any, model_state: Any, avg: Averaging) -> AverageState:
+    if avg.model_state and model_state is None:
+        raise ValueError("averaging the model state needs it: Optimizer.init(params, model_state)")
+    copy = lambda tree: tree_map(lambda t: t.detach().clone(), tree)  # noqa: E731
+    device = tree_flatten(params)[0][0].device
+    return AverageState(torch.zeros((), dtype=torch.int64, device=device), copy(params),
+                        copy(model_state) if avg.model_state else ())
+
+
+def _average_update(state: AverageState, params: Any, model_state: Any, avg: Averaging) -> AverageState:
+    t = state.count.double()
+    decay = torch.minimum(torch.full_like(t, avg.decay), (1 + t) / (10 + t)) if avg.warmup else avg.decay
+    weight = torch.where(state.count == 0, torch.ones_like(t), 1 - decay)  # the first update copies
+
+    def lerp(a: Tensor, b: Tensor) -> Tensor:
+        if not a.is_floating_point():
+            return b
+        return torch.lerp(a, b.detach().to(a.dtype), weight.to(a.dtype))
+
+    ms: Any = ()
+    if avg.model_state:
+        if model_state is None:
+            raise ValueError("averaging the model state needs it: Optimizer.update(..., model_state=...)")
+        ms = tree_map(lerp, state.model_state, model_state)
+    return AverageState(state.count + 1, tree_map(lerp, state.params, params), ms)
+
+
+def averaged(opt_state: Any) -> Any:
+    """The averaged parameters kept in an Optimizer's state (a stack's: stacked), or None without averaging."""
+    inner = getattr(opt_state, "inner", None)
+    return inner.average.params if isinstance(inner, Averaged) else None
+
+
+def averaged_model_state(opt_state: Any) -> Any:
+    """The averaged model state (batch-norm statistics) kept in an Optimizer's state, or None."""
+    inner = getattr(opt_state, "inner", None)
+    if not isinstance(inner, Averaged) or inner.average.model_state == ():
+        return None
+    return inner.average.model_state
 
 
 # ------------------------------------------------------------------------------------- on parameter trees
@@ -195,20 +290,31 @@ class Optimizer:
     factory: Callable[..., Transform]
     hyper: Mapping[str, Value]
     loss: Mapping[str, Value] = field(default_factory=dict)
+    average: Averaging | None = None  # keep an average of the weights in the state (:func:`averaged`)
 
-    def init(self, params: Any) -> OptState:
+    def init(self, params: Any, model_state: Any = None) -> OptState:
+        """The state before the first step (``model_state``: needed when averaging the batch-norm statistics)."""
         h = hp.init({**self.hyper, **self.loss})
-        return OptState(h, self._transform(hp.at(h)).init(tree_flatten(params)[0]))
+        inner = self._transform(hp.at(h)).init(tree_flatten(params)[0])
+        if self.average is not None:
+            inner = Averaged(inner, _average_init(params, model_state, self.average))
+        return OptState(h, inner)
 
     def hyperparams(self, state: OptState, names: Sequence[str] | None = None) -> dict[str, Tensor]:
         return hp.at(state.hyper, names)
 
-    def update(self, grads: Any, state: OptState, params: Any) -> tuple[Any, OptState]:
+    def update(self, grads: Any, state: OptState, params: Any, model_state: Any = None) -> tuple[Any, OptState]:
+        """The new params and state; ``model_state`` (after this step's forward pass) is read only when the
+        average covers the batch-norm statistics."""
         values = hp.at(state.hyper)
         p, spec = tree_flatten(params)
-        updates, inner = self._transform(values).update(tree_flatten(grads)[0], state.inner, p)
+        chain_state = state.inner.chain if self.average is not None else state.inner
+        updates, inner = self._transform(values).update(tree_flatten(grads)[0], chain_state, p)
         new = list(torch._foreach_add(p, updates)) if _fusable(p) else [a + b for a, b in zip(p, updates)]
-        return tree_unflatten(new, spec), OptState(hp.advance(state.hyper, values), inner)
+        new_params = tree_unflatten(new, spec)
+        if self.average is not None:
+            inner = Averaged(inner, _average_update(state.inner.average, new_params, model_state, self.average))
+        return new_params, OptState(hp.advance(state.hyper, values), inner)
 
     def _transform(self, values: dict[str, Tensor]) -> Transform:
         return self.factory(**{k: values[k] for k in self.hyper})
@@ -221,14 +327,18 @@ def last_hyperparams(state: OptState) -> dict[str, Tensor]:
 
 def adam(lr: Value, weight_decay: Value = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
          decoupled: bool = False, decay_mask: Callable[[Tensor], bool] | None = None,
-         loss: Mapping[str, Value] | None = None) -> Optimizer:
+         loss: Mapping[str, Value] | None = None, norm_bias_lr_mult: float = 1.0,
+         average: Averaging | None = None) -> Optimizer:
     """Adam (``torch.optim.Adam``) or, ``decoupled``, AdamW, with its lr and weight decay in the state."""
-    factory = partial(adam_chain, betas=tuple(betas), eps=eps, decoupled=decoupled, decay_mask=decay_mask)
-    return Optimizer(factory, {"lr": lr, "weight_decay": weight_decay}, dict(loss or {}))
+    factory = partial(adam_chain, betas=tuple(betas), eps=eps, decoupled=decoupled, decay_mask=decay_mask,
+                      norm_bias_lr_mult=norm_bias_lr_mult)
+    return Optimizer(factory, {"lr": lr, "weight_decay": weight_decay}, dict(loss or {}), average)
 
 
 def sgd(lr: Value, weight_decay: Value = 0.0, momentum: Value = 0.9, nesterov: bool = True, *,
-        decay_mask: Callable[[Tensor], bool] | None = None, loss: Mapping[str, Value] | None = None) -> Optimizer:
+        decay_mask: Callable[[Tensor], bool] | None = None, loss: Mapping[str, Value] | None = None,
+        norm_bias_lr_mult: float = 1.0, average: Averaging | None = None) -> Optimizer:
     """SGD with (Nesterov) momentum (``torch.optim.SGD``), with its lr, weight decay and momentum in the state."""
-    factory = partial(sgd_chain, nesterov=nesterov, decay_mask=decay_mask)
-    return Optimizer(factory, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum}, dict(loss or {}))
+    factory = partial(sgd_chain, nesterov=nesterov, decay_mask=decay_mask, norm_bias_lr_mult=norm_bias_lr_mult)
+    return Optimizer(factory, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum}, dict(loss or {}),
+                     average)

@@ -60,6 +60,8 @@ def train_batches(split: Split, pipe: Pipeline, batch_size: int, seed: int, epoc
     params = None
     if pipe.augment.enabled:
         params = aug.sample_params(n, pipe.augment, generator(seed, "augment", epoch)).to(device)
+        if pipe.augment.flip == "alternating":
+            params = aug.with_alternating_flips(params, order, seed, epoch)
     order = order.to(device)
     bs = min(batch_size, n)
     for step in range(start_step, steps_per_epoch(n, batch_size)):

@@ -1,5 +1,5 @@
 """The one translation from a :class:`~cifar100_func.config.Config` to the plain arguments of the data and
-augmentation code, which know nothing of the config schema."""
+augmentation and model code, which know nothing of the config schema."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 
 from ..config import Config
 from ..core.augment import Augmentation
+from ..core.model import Arch
 from ..data.dataset import DataSpec
 from ..data.loader import Pipeline
 
@@ -23,8 +24,20 @@ def data_spec(cfg: Config) -> DataSpec:
 def augmentation(cfg: Config) -> Augmentation:
     """``augment.*`` as an :class:`Augmentation` (``off_last_epochs`` is the training plan's, not the images')."""
     a = cfg.augment
-    return Augmentation(enabled=a.enabled, crop_padding=a.crop_padding, hflip_p=a.hflip_p,
+    return Augmentation(enabled=a.enabled, crop_padding=a.crop_padding, hflip_p=a.hflip_p, flip=a.flip,
                         brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue)
+
+
+def model_options(cfg: Config) -> dict:
+    """The :class:`.core.model.Arch` fields ``model.*`` sets besides the shapes (batch-norm momentum, identity
+    initialisation): ``Arch(blocks, mid, num_classes, **model_options(cfg))``."""
+    return {"bn_momentum": cfg.model.bn_momentum, "identity_init": cfg.model.identity_init}
+
+
+def arch(cfg: Config, num_classes: int, blocks: tuple[int, int, int] | None = None, mid: int | None = None) -> Arch:
+    """The model of ``model.*`` (or of a grid point's ``blocks`` and ``mid``) for ``num_classes`` classes."""
+    shape = tuple(blocks or cfg.model.blocks)
+    return Arch(shape, mid or cfg.model.bottleneck_mid, num_classes, **model_options(cfg))  # type: ignore[arg-type]
 
 
 def pipeline(cfg: Config, device: torch.device | str) -> Pipeline:

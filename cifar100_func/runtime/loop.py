@@ -1,11 +1,13 @@
 """The one training loop of the project, for one model or a stack of K, and the one evaluation routine.
 
 ``train(plan, data, backend)`` trains what a :class:`Plan` describes: K = 1 is the standard path (the plain step,
-no vmap: the fastest kernels, channels-last, compiled), K > 1 a stack under ``torch.func.vmap`` (the grid, the LR
-finder). What differs between commands comes in as data (seeds, each model's optimiser with its hyper-parameters
-and schedules, shared or own batches, freezing diverged members) or as small callbacks (:class:`Hooks`: a check at
-the logging interval that may stop the run, an end-of-epoch hook for metrics and checkpoints). Inside an epoch
-nothing goes to the host except at the logging interval: losses and accuracies accumulate on the device.
+no vmap: the fastest kernels, channels-last, compiled), K > 1 a stack (the grid, the LR finder, an ensemble), which
+the backend's executor (:mod:`.executor`) runs as one vmapped step or as the standard path's step over each member
+in turn; either way every tree outside the step loop is stacked and the results are the same. What differs
+between commands comes in as data (seeds, each model's optimiser with its hyper-parameters and schedules, shared or
+own batches, freezing diverged members) or as small callbacks (:class:`Hooks`: a check at the logging interval that
+may stop the run, an end-of-epoch hook for metrics and checkpoints). Inside an epoch nothing goes to the host
+except at the logging interval: losses and accuracies accumulate on the device.
 """
 
 from __future__ import annotations
@@ -16,19 +18,19 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.func import vmap
 from torch.utils._pytree import tree_map
 from tqdm import tqdm
 
 from ..core import model, trees
 from .backend import Backend, Runner
+from .executor import eval_step, train_executor
 from ..data.dataset import Dataset, Split
 from ..data.loader import Pipeline, eval_batches, steps_per_epoch, train_batches
-from ..core.optim import Optimizer, last_hyperparams
+from ..core.optim import Optimizer
 from ..core.precision import Precision
 from ..core.seeding import generator
 from ..core.hyper import Scheduled
-from ..core.step import guarded, make_eval_step, make_train_step, precision_of
+from ..core.step import averaged_trees, precision_of
 
 
 @dataclass
@@ -47,7 +49,10 @@ class Plan:
     max_steps: int | None = None  # stop after this many steps in all
     compile: bool | None = None  # None: the backend's compile policy; True/False force it (tests, benchmarks)
     grid: bool = False  # a stack of the grid search (grid.compile may decide its compiling)
-    stacked: bool | None = None  # None: a stack (vmap) when K > 1, the plain step for K = 1
+    stacked: bool | None = None  # None: a stack (the backend's executor) when K > 1, the plain step for K = 1
+    # optimisers that average the weights but not their batch-norm statistics: the training images (plain, the
+    # first of the split) the averaged weights' statistics are recomputed on
+    bn_images: int = 512
 
     @property
     def k(self) -> int:
@@ -91,6 +96,7 @@ class EpochEnd:
     state: Any
     opt_state: Any
     ensemble: dict | None = None  # the ensemble's validation loss, acc, top5_acc (Plan.ensemble)
+    averaged: tuple[Any, Any] | None = None  # optimisers that average: the averaged (params, state), validated
 
 
 @dataclass
@@ -113,6 +119,7 @@ class Result:
     runner: str
     active: torch.Tensor  # members not frozen (shape (K,) for a stack, () for one model)
     extra: dict = field(default_factory=dict)
+    averaged: tuple[Any, Any] | None = None  # optimisers that average: the averaged (params, state) at the end
 
 
 stack_trees, unstack = trees.stack, trees.member  # re-exports for runtime/trainer.py; use core.trees
@@ -122,7 +129,7 @@ def init_trees(plan: Plan, precision: Precision | str, device: torch.device) -> 
     """(params, BN state, optimiser state) of every model, stacked when the plan is a stack."""
     precision = precision_of(precision)
     inits = [precision.params(model.init(plan.arch, generator(seed, "init"))) for seed in plan.seeds]
-    out = [(p, s, opt.init(p)) for (p, s), opt in zip(inits, plan.optimizers)]
+    out = [(p, s, opt.init(p, s)) for (p, s), opt in zip(inits, plan.optimizers)]
     if _stacked(plan):
         out = [tuple(stack_trees([t[i] for t in out]) for i in range(3))]
     return tree_map(lambda t: t.to(device), out[0])
@@ -176,11 +183,9 @@ def evaluate(eval_fn: Callable, params: Any, state: Any, split: Split, pipe: Pip
 
 
 def make_eval(backend: Backend, runner: Runner, stacked: bool) -> Callable:
-    """The evaluation step as ``runner`` runs it (vmapped over the models of a stack, the batch shared)."""
-    fn = make_eval_step(precision=precision_of(backend.precision), device_type=backend.device.type)
-    if stacked:
-        fn = vmap(fn, in_dims=(0, 0, None, None))
-    return runner.wrap(fn, step="eval")  # compiled or not: the backend's compile policy
+    """The evaluation step as ``runner`` runs it, ``fn(runner.params(params), state, x, y)`` (a stack's: vmapped
+    or member by member as its executor says, the batch shared; compiled or not: the backend's compile policy)."""
+    return eval_step(precision_of(backend.precision), runner, stacked)
 
 
 def _batches(plan: Plan, split: Split, pipe: Pipeline, batch_size: int, epoch: int, skip: int):
@@ -213,13 +218,15 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     runner = backend.runner(k if stacked else None, total - (start.step if start else 0), plan.compile, log,
                             grid=plan.grid)
     precision = precision_of(backend.precision)
-    step_fn = make_train_step(plan.optimizers[0], precision=precision, device_type=device.type)
-    if stacked:
-        data_dim = None if plan.shared_data else 0
-        step_fn = vmap(step_fn, in_dims=(0, 0, 0, data_dim, data_dim))
-    if plan.guard:
-        step_fn = guarded(step_fn)
-    step_fn = runner.wrap(step_fn)
+    executor = train_executor(plan.optimizers[0], precision, runner, stacked=stacked, guard=plan.guard,
+                              shared_data=plan.shared_data, bn_momentum=plan.arch.bn_momentum)
+    averages = plan.optimizers[0].average is not None
+
+    def to_validate(P: Any, S: Any, O: Any) -> tuple[Any, Any]:
+        """The trees validated: the averaged weights when the optimisers average (else ``P``, ``S``)."""
+        bn = (x for x, _ in eval_batches(data.train.head(plan.bn_images), pipe, eval_batch_size))
+        return averaged_trees(P, S, O, bn, stacked=stacked, precision=precision, device_type=device.type)
+
     eval_fn = make_eval(backend, runner, stacked)
 
     active = torch.ones(k if stacked else (), dtype=torch.bool, device=device)
@@ -232,7 +239,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         if start.active is not None:
             active = start.active.to(device).reshape(active.shape)
     first_epoch = base // steps
-    P, O = runner.params(P), runner.params(O)
+    carry = executor.enter(P, S, O, active)
     losses = torch.full((total, k), float("nan"), dtype=precision.output, device=device)
     lrs = torch.full((total, k), float("nan"), device=device)
     host_losses, host_lrs = np.zeros((0, k)), np.zeros((0, k))
@@ -249,16 +256,12 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         correct = torch.zeros(k, dtype=torch.int64, device=device)
         g0, seen = g, 0
         for x, y in _batches(plan, data.train, pipe, batch_size, epoch, g - epoch * steps):
-            args = (P, S, O, runner.batch(x), y) + ((active,) if plan.guard else ())
-            out = step_fn(*args)
-            P, S, O, loss, c = out[:5]
-            if plan.guard:
-                active = out[5]
+            carry, loss, c = executor.step(carry, x, y)
             if g == base:  # the first step includes compilation: keep it out of the rate
                 loss.sum().item()
                 first_step = time.perf_counter() - t0
             losses[g] = loss
-            lrs[g] = last_hyperparams(O)["lr"]
+            lrs[g] = executor.lr(carry)
             correct += c
             seen += y.shape[-1]
             g += 1
@@ -284,8 +287,10 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         images += k * seen
         if stop_at is not None:
             break
-        val = (evaluate(eval_fn, P, S, data.val, pipe, eval_batch_size, runner, ensemble=plan.ensemble and stacked)
-               if plan.validate else None)
+        P, S, O, active = executor.exit(carry)
+        VP, VS = to_validate(P, S, O)
+        val = (evaluate(eval_fn, runner.params(VP), VS, data.val, pipe, eval_batch_size, runner,
+                        ensemble=plan.ensemble and stacked) if plan.validate else None)
         done = g - epoch * steps  # steps of this epoch done: a run may stop (or have started) inside one
         records = _records(epoch + 1 if done == steps else round(epoch + done / steps, 4),
                            host_losses[g0 - base:g - base], host_lrs[g - 1 - base], correct.tolist(), seen, val,
@@ -294,8 +299,10 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
         for history, rec in zip(metrics, records):
             history.append(rec)
         if hooks.on_epoch is not None:
-            hooks.on_epoch(EpochEnd(epoch + 1, records, metrics, P, S, O, val.get("ensemble") if val else None))
+            hooks.on_epoch(EpochEnd(epoch + 1, records, metrics, P, S, O, val.get("ensemble") if val else None,
+                                    (VP, VS) if averages else None))
     bar.close()
+    P, S, O, active = executor.exit(carry)
     n_run = stop_at if stop_at is not None else len(host_losses)
     step_losses = torch.as_tensor(host_losses[:n_run])
     bad = ~torch.isfinite(step_losses)
@@ -303,7 +310,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
     timed = images - k * min(batch_size, len(data.train))  # the first step is not timed
     rate = timed / max(train_seconds - first_step, 1e-9) if g - base > 1 else 0.0
     return Result(P, S, O, metrics, step_losses, diverged_at, rate, first_step, runner.describe(), active,
-                  extra={"compile_fallback": runner.fallback})
+                  extra={"compile_fallback": runner.fallback}, averaged=to_validate(P, S, O) if averages else None)
 
 
 def _records(epoch: float, losses: np.ndarray, lrs: np.ndarray, correct: list[int], seen: int, val: dict | None,

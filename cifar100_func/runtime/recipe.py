@@ -1,16 +1,16 @@
 """The one translation from a config's training recipe (``train.optimizer``, ``train.scheduler``,
-``train.label_smoothing``) to the core's plain arguments: each model's :class:`.optim.Optimizer`, with its
-hyper-parameters and schedules in its state. The core (``optim``, ``schedules``, ``hyper``, ``step``) knows
-nothing of the config schema."""
+``train.label_smoothing``, ``train.ema``) to the core's plain arguments: each model's :class:`.optim.Optimizer`,
+with its hyper-parameters, schedules and weight averaging in its state. The core (``optim``, ``schedules``,
+``hyper``, ``step``) knows nothing of the config schema."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from ..config import Config, OptimizerConfig, SchedulerConfig, TrainConfig
+from ..config import Config, EmaConfig, OptimizerConfig, SchedulerConfig, TrainConfig
 from ..core import schedules
 from ..core.hyper import Hyper, Scheduled, Value
-from ..core.optim import Optimizer, adam, matrices_only, sgd
+from ..core.optim import Averaging, Optimizer, adam, matrices_only, sgd
 
 
 def hyper(cfg: Config) -> Hyper:
@@ -41,6 +41,13 @@ def momentum(oc: OptimizerConfig, sc: SchedulerConfig, total_steps: int) -> Valu
     return oc.momentum
 
 
+def averaging(ec: EmaConfig) -> Averaging | None:
+    """``train.ema`` as the optimiser's weight averaging, or None (``decay`` null)."""
+    if ec.decay is None:
+        return None
+    return Averaging(ec.decay, warmup=ec.warmup, model_state=ec.bn == "average")
+
+
 def optimizer(tc: TrainConfig, h: Hyper, total_steps: int, *, lr: Value | None = None) -> Optimizer:
     """One model's optimiser for a run of ``total_steps`` steps: ``train.optimizer`` with the values of ``h``
     (peak lr, weight decay, label smoothing) under ``train.scheduler``. ``lr`` replaces the scheduler (the LR
@@ -51,10 +58,12 @@ def optimizer(tc: TrainConfig, h: Hyper, total_steps: int, *, lr: Value | None =
     lr = scheduled(h.lr, lr_schedule(sc, total_steps), total_steps) if lr is None else lr
     mask = None if oc.decay_norm_and_bias else matrices_only
     loss = {"label_smoothing": h.label_smoothing}
+    extra = {"norm_bias_lr_mult": oc.norm_bias_lr_mult, "average": averaging(tc.ema)}
     if oc.name == "sgd":
-        return sgd(lr, h.weight_decay, momentum(oc, sc, total_steps), oc.nesterov, decay_mask=mask, loss=loss)
+        return sgd(lr, h.weight_decay, momentum(oc, sc, total_steps), oc.nesterov, decay_mask=mask, loss=loss,
+                   **extra)
     return adam(lr, h.weight_decay, tuple(oc.betas), oc.eps, decoupled=oc.name == "adamw", decay_mask=mask,
-                loss=loss)
+                loss=loss, **extra)
 
 
 def optimizers(tc: TrainConfig, hypers: Sequence[Hyper], total_steps: int) -> list[Optimizer]:

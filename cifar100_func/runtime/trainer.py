@@ -25,6 +25,7 @@ from .events import Events
 from .interop import from_state_dict
 from .io import atomic_write_text, to_json
 from ..data.loader import steps_per_epoch
+from . import from_config
 from .from_config import pipeline
 from .loop import Check, EpochEnd, Hooks, Plan, Start, stack_trees, train
 from ..core.hyper import Hyper
@@ -53,15 +54,15 @@ class FitResult:
 
 
 def arch_from(cfg: Config, num_classes: int) -> model.Arch:
-    return model.Arch(tuple(cfg.model.blocks), cfg.model.bottleneck_mid, num_classes)  # type: ignore[arg-type]
+    return from_config.arch(cfg, num_classes)
 
 
 def schedule_fields(cfg: Config, hypers: list[Hyper], steps: int, epochs: int) -> dict[str, Any]:
     """The :class:`.loop.Plan` fields a config's recipe fixes for models with ``hypers`` trained ``epochs`` epochs
     of ``steps`` steps: each model's optimiser (its hyper-parameters and schedules in its state) and the final
-    epochs without augmentation."""
+    epochs without augmentation, the images the averaged weights' batch-norm statistics are recomputed on."""
     return {"optimizers": recipe.optimizers(cfg.train, hypers, steps * epochs),
-            "plain_epochs": min(cfg.augment.off_last_epochs, epochs)}
+            "plain_epochs": min(cfg.augment.off_last_epochs, epochs), "bn_images": cfg.train.ema.bn_images}
 
 
 def _resume_mismatch(saved: dict, cfg: Config, members: int) -> str | None:
@@ -99,7 +100,7 @@ def _load_start(path: Path, cfg: Config, data: Dataset, precision: str,
     models = [tuple(prec.params(t) for t in from_state_dict(sd, arch, dtype)) for sd in sds]
     steps = steps_per_epoch(len(data.train), cfg.train.batch_size)
     opt = recipe.optimizer(cfg.train, recipe.hyper(cfg), steps * cfg.train.epochs)
-    template = [opt.init(p) for p, _ in models]
+    template = [opt.init(p, s) for p, s in models]
     params, state, template = ((models[0][0], models[0][1], template[0]) if members == 1 else
                                (stack_trees([p for p, _ in models]), stack_trees([s for _, s in models]),
                                 stack_trees(template)))
@@ -184,8 +185,9 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
         common = dict(config=cfg.to_dict(), epoch=end.epoch, metrics=history, best_val_acc=best["acc"],
                       best_epoch=best["epoch"], run_name=run_name, dataset=label,
                       members=members if members > 1 else 0)
-        if improved and files.best_ckpt is not None:
-            save_checkpoint(files.best_ckpt, end.params, end.state, **common)
+        if improved and files.best_ckpt is not None:  # the weights validated: the averaged ones, if averaging
+            save_checkpoint(files.best_ckpt, *(end.averaged or (end.params, end.state)),
+                            weights="averaged" if end.averaged else "trained", **common)
         if files.last_ckpt is not None:
             save_checkpoint(files.last_ckpt, end.params, end.state, opt_state=tree_leaves(end.opt_state), **common)
         if files.run_dir is not None:
@@ -207,7 +209,8 @@ def fit(cfg: Config, data: Dataset, backend: Backend, files: RunFiles | None = N
     finally:
         if events is not None:
             events.close()
-    return FitResult(res.params, res.state, res.metrics[0] if members == 1 else ensemble_history, best["acc"],
+    params, state = res.averaged or (res.params, res.state)  # the weights validated
+    return FitResult(params, state, res.metrics[0] if members == 1 else ensemble_history, best["acc"],
                      best["epoch"], res.step_losses.mean(dim=1).tolist())
 
 
