@@ -171,7 +171,7 @@ def test_full_grid_on_a_few_real_images(run_cli, real_root, tmp_path):
     code, out, err = run_cli(
         "grid_search", "--config", "configs/config.yaml", "--data-root", str(real_root),
         "--set", "dataset.max_train=128", "--set", "dataset.max_val=100", "--set", "grid.epochs=1",
-        "--set", "train.compile=false", "--set", f"paths.runs_dir={tmp_path}/runs")
+        "--set", "train.compile=false", "--set", "hparams.seeds=1", "--set", f"paths.runs_dir={tmp_path}/runs")
     assert code == 0, err
     rows = list(csv.DictReader((tmp_path / "runs" / "grid_search" / "results.csv").open()))
     assert len(rows) == 24

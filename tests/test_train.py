@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks.reference import BottleneckNetRef
-from cifar100_func.runtime import loop, trainer
+from cifar100_func.runtime import executor, trainer
 from cifar100_func.runtime.from_config import data_spec, pipeline
 from cifar100_func.config import load_config
 
@@ -55,7 +55,7 @@ def test_resume_after_interrupt_gives_the_uninterrupted_result(run_cli, tiny_con
                    "--set", f"paths.artifacts_dir={tmp_path / 'a_full'}")[0] == 0
     full_metrics, full_sd = _final(tmp_path, "full")
 
-    real_make = loop.make_train_step
+    real_make = executor.make_train_step
     calls = {"n": 0}
 
     def interrupting(*a, **k):
@@ -69,13 +69,13 @@ def test_resume_after_interrupt_gives_the_uninterrupted_result(run_cli, tiny_con
 
         return wrapped
 
-    monkeypatch.setattr(loop, "make_train_step", interrupting)
+    monkeypatch.setattr(executor, "make_train_step", interrupting)
     code, _, err = run_cli("train", "--config", str(cfg), "--run-name", "cut")
     assert code == 130 and "--resume" in err
     best = tmp_path / "artifacts" / "best.ckpt"
     assert torch.load(best, weights_only=True)["epoch"] == 1  # the complete file from epoch 1
     assert torch.load(tmp_path / "runs" / "cut" / "last.ckpt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(loop, "make_train_step", real_make)
+    monkeypatch.setattr(executor, "make_train_step", real_make)
 
     code, out, err = run_cli("train", "--config", str(cfg), "--run-name", "cut", "--resume")
     assert code == 0, err

@@ -237,12 +237,19 @@ def configuration_row(cfg: Config, p: GridPoint, members: list[tuple[Stack, int,
         "val_acc_mean": acc.mean, "val_acc_sd": acc.sd, "val_acc_sem": acc.sem,
         "val_loss_mean": loss.mean, "val_loss_sd": loss.sd, "val_loss_sem": loss.sem,
         "epochs": seeds[0]["history"][-1]["epoch"],
-        "rung_val_acc": np.mean([m["rung_val_acc"] for m in seeds], axis=0).tolist(),
+        "rung_val_acc": _mean_of_lists([m["rung_val_acc"] for m in seeds]),
         "pruned": seeds[0]["pruned_at_rung"] is not None, "pruned_at_rung": seeds[0]["pruned_at_rung"],
         "diverged": bool(diverged), "diverged_at_step": min(diverged) if diverged else None,
         "history": mean_history([m["history"] for m in seeds]),
-        "step_losses": np.mean([m["step_losses"] for m in seeds], axis=0).tolist(), "members": seeds,
+        "step_losses": _mean_of_lists([m["step_losses"] for m in seeds]), "members": seeds,
     }
+
+
+def _mean_of_lists(lists: list[list]) -> list:
+    """The element-wise mean over seeds (a missing value, a diverged step read back from JSON as null, is NaN)."""
+    if len(lists) == 1:
+        return lists[0]
+    return np.mean(np.array(lists, dtype=float), axis=0).tolist()
 
 
 def mean_history(histories: list[list[dict]]) -> list[dict]:
