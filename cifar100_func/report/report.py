@@ -247,8 +247,8 @@ def _noise_lines(cfg: Config, sweep: dict, sep: dict, n_val: int) -> list[str]:
     if noise and noise.get("seeds", 1) > 1:
         out = [f"Is the ranking more than noise? Every configuration trained {noise['seeds']} seeds (the same seeds "
                "for all, so comparisons are paired); the ranking uses their mean. "
-               + " ".join(f"{noise[k]['verdict'][0].upper()}{noise[k]['verdict'][1:]}." for k in ("runner_up", "median")
-                          if k in noise)]
+               + "Paired over them: " + "; ".join(noise[k]["verdict"] for k in ("runner_up", "median") if k in noise)
+               + "."]
         if noise.get("single_seed_flips") is not None:
             out[0] += (f" One seed alone would have crowned another winner for {100 * noise['single_seed_flips']:.0f}% "
                        "of the seeds.")
