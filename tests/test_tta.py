@@ -63,9 +63,13 @@ def test_per_channel_fill_and_stacked_batches():
 
 
 def test_average_is_the_mean_probability_and_bad_modes_fail():
-    probs = [torch.softmax(_batch(4, 5, seed=s), -1) for s in range(3)]
-    mean = tta.average(probs)
+    logits = [_batch(4, 5, seed=s).double() for s in range(3)]
+    mean = tta.average([z.log_softmax(-1) for z in logits]).exp()
+    probs = [z.softmax(-1) for z in logits]
     torch.testing.assert_close(mean, (probs[0] + probs[1] + probs[2]) / 3)
-    torch.testing.assert_close(mean.sum(-1), torch.ones(4))
+    torch.testing.assert_close(mean.sum(-1), torch.ones(4, dtype=torch.float64))
+    # a view that is confidently wrong keeps its loss: far below float32's smallest probability
+    far = torch.tensor([[0.0, -200.0]], dtype=torch.float64)
+    assert float(tta.average([far, far])[0, 1]) == pytest.approx(-200.0)
     with pytest.raises(ValueError, match="flip_translate"):
         tta.views(_batch(1, 3, 4, 4), "rotate")

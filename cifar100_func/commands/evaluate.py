@@ -26,7 +26,7 @@ import torch
 from . import cli
 from ..runtime.backend import Backend
 from ..runtime.checkpoint import Members, load_members
-from ..runtime.predict import mean_probs, probabilities, scores
+from ..runtime.predict import log_probabilities, mean_probs, scores
 from ..stats.calibration import calibration, fit_temperature, reliability, with_temperature
 from ..core import trees
 from ..config import Config
@@ -43,10 +43,10 @@ def confusion(true: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
 
 
-def member_probabilities(members: Members, split: Split, cfg: Config, backend: Backend,
-                         tta: str) -> dict[str, torch.Tensor]:
-    """Every member's probabilities on ``split`` ({view: (K, N, C)}, :func:`..runtime.predict.probabilities`), the
-    members of one architecture evaluated as one stack."""
+def member_log_probs(members: Members, split: Split, cfg: Config, backend: Backend,
+                     tta: str) -> dict[str, torch.Tensor]:
+    """Every member's log-probabilities on ``split`` ({view: (K, N, C)},
+    :func:`..runtime.predict.log_probabilities`), the members of one architecture evaluated as one stack."""
     groups: dict = {}
     for j, arch in enumerate(members.archs):
         groups.setdefault(arch, []).append(j)
@@ -57,18 +57,18 @@ def member_probabilities(members: Members, split: Split, cfg: Config, backend: B
         models = [members.models[j] for j in idx]
         params, state = ((trees.stack([p for p, _ in models]), trees.stack([s for _, s in models])) if len(idx) > 1
                          else models[0])
-        probs = probabilities(trees.to(prec.params(params), dev), trees.to(prec.params(state), dev), split, pipe,
-                              backend, members=len(idx) if len(idx) > 1 else 0,
-                              batch_size=cfg.train.eval_batch_size, tta=tta)
-        for view, p in probs.items():
+        preds = log_probabilities(trees.to(prec.params(params), dev), trees.to(prec.params(state), dev), split,
+                                  pipe, backend, members=len(idx) if len(idx) > 1 else 0,
+                                  batch_size=cfg.train.eval_batch_size, tta=tta)
+        for view, p in preds.items():
             parts.setdefault(view, []).append(p)
         order += idx
     inverse = torch.argsort(torch.tensor(order))
     return {view: torch.cat(p)[inverse] for view, p in parts.items()}
 
 
-def _test_scores(probs: torch.Tensor, y: torch.Tensor, weights: list[float]) -> dict[str, float]:
-    s = scores(probs, y, weights)
+def _test_scores(log_probs: torch.Tensor, y: torch.Tensor, weights: list[float]) -> dict[str, float]:
+    s = scores(log_probs, y, weights)
     return {"test_loss": s["loss"], "test_accuracy": s["acc"], "test_top5_accuracy": s["top5_acc"]}
 
 
@@ -78,9 +78,9 @@ def evaluate_test(members: Members, data: Dataset, cfg: Config, backend: Backend
     NLL, ECE, Brier before and after a temperature fitted on the validation split. ``data`` on the backend's
     device."""
     y = data.test.y.cpu()
-    test = member_probabilities(members, data.test, cfg, backend, tta)
-    probs, w = test[tta], members.weights
-    mean = mean_probs(probs, w)
+    test = member_log_probs(members, data.test, cfg, backend, tta)
+    log_probs, w = test[tta], members.weights
+    mean = mean_probs(log_probs, w)
     pred = mean.argmax(dim=-1).numpy()
     true = y.numpy()
     k = data.num_classes
@@ -89,7 +89,7 @@ def evaluate_test(members: Members, data: Dataset, cfg: Config, backend: Backend
     cm_coarse = confusion(f2c[true], f2c[pred], len(data.coarse_names))
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     out: dict[str, Any] = {
-        **_test_scores(probs, y, w),
+        **_test_scores(log_probs, y, w),
         "test_coarse_accuracy": float(cm_coarse.trace() / max(cm_coarse.sum(), 1)),
         "num_test_images": int(len(true)),
         "tta": tta,
@@ -100,11 +100,11 @@ def evaluate_test(members: Members, data: Dataset, cfg: Config, backend: Backend
     if tta != "none":
         out["plain"] = _test_scores(test["none"], y, w)
     if len(members.models) > 1:
-        out["members"] = [{"name": name, "weight": wj, **_test_scores(probs[j : j + 1], y, [1.0])}
+        out["members"] = [{"name": name, "weight": wj, **_test_scores(log_probs[j : j + 1], y, [1.0])}
                           for j, (name, wj) in enumerate(zip(members.names, w))]
     t = None
     if len(data.val):
-        val = member_probabilities(members, data.val, cfg, backend, tta)[tta]
+        val = member_log_probs(members, data.val, cfg, backend, tta)[tta]
         t = fit_temperature(mean_probs(val, w), data.val.y.cpu())
     out["calibration"] = calibration(mean, y, t)
     out["calibration"]["temperature_fitted_on"] = "validation" if t is not None else None

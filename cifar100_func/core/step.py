@@ -79,8 +79,9 @@ def guarded(step: TrainStep) -> Callable:
 
 
 def make_eval_step(*, precision: Precision = FP32, device_type: str = "cpu") -> Callable:
-    """``eval_step(params, state, x, y) -> (loss_sum, correct, top5_correct, predictions, probabilities)`` in
-    eval mode (the softmax probabilities are what an ensemble averages)."""
+    """``eval_step(params, state, x, y) -> (loss_sum, correct, top5_correct, predictions, log_probabilities)`` in
+    eval mode. An ensemble averages its members' softmax probabilities; they travel as log-probabilities
+    (log_softmax), which neither underflow nor lose the loss of a confidently wrong prediction."""
     precision = precision_of(precision)
 
     def eval_step(params, state, x, y):
@@ -90,7 +91,7 @@ def make_eval_step(*, precision: Precision = FP32, device_type: str = "cpu") -> 
         loss_sum = torch.nn.functional.cross_entropy(logits, y, reduction="sum")
         top5 = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         pred = top5[..., 0]
-        return loss_sum, (pred == y).sum(), (top5 == y[..., None]).any(dim=-1).sum(), pred, logits.softmax(dim=-1)
+        return loss_sum, (pred == y).sum(), (top5 == y[..., None]).any(dim=-1).sum(), pred, logits.log_softmax(dim=-1)
 
     return eval_step
 

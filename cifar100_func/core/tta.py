@@ -5,11 +5,12 @@ is ``[x]``; ``flip`` ``[x, mirror]``; ``flip_translate`` those two, then each of
 left, down and up (10 views). A shift is a padded crop of the *normalised* image: the pixels it brings in are
 ``fill``, by default 0, the normalised zero (the data set's mean colour); ``fill = -mean / std`` per channel
 would bring in black, as the training crop's padding of the raw image does. :func:`average` is the mean of the
-views' softmax probabilities.
+views' softmax probabilities, computed from their log-probabilities.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -48,6 +49,7 @@ def views(x: Tensor, mode: str, fill: float | Tensor = 0.0) -> list[Tensor]:
     return [x, mirror] + [translate(v, dy, dx, fill) for v in (x, mirror) for dy, dx in DIRECTIONS]
 
 
-def average(probs: Sequence[Tensor]) -> Tensor:
-    """The mean of the views' probabilities (each (..., B, classes))."""
-    return torch.stack(list(probs)).mean(dim=0)
+def average(log_probs: Sequence[Tensor]) -> Tensor:
+    """The log of the mean of the views' probabilities, from their log-probabilities (each (..., B, classes))."""
+    stacked = torch.stack(list(log_probs))
+    return torch.logsumexp(stacked, dim=0) - math.log(stacked.shape[0])

@@ -28,38 +28,38 @@ from .run import Stack
 
 @dataclass(frozen=True)
 class Pool:
-    """Every finished member of a sweep: its name, configuration, weights and validation probabilities."""
+    """Every finished member of a sweep: its name, configuration, weights and validation log-probabilities."""
 
     names: list[str]
     configs: list[str]
     state_dicts: list[dict]
-    val_probs: torch.Tensor  # (M, N, C), under the sweep's view mode
+    val_log_probs: torch.Tensor  # (M, N, C), under the sweep's view mode
 
 
 def pool(stacks: Sequence[Stack], view: str) -> Pool:
-    """The members of every stack that trained to the end, with their probabilities under ``view``."""
-    names, configs, sds, probs = [], [], [], []
+    """The members of every stack that trained to the end, with their log-probabilities under ``view``."""
+    names, configs, sds, preds = [], [], [], []
     for stack in stacks:
         if stack.final is None:
             continue
         by_name = {m.name: m for m in stack.members}
         for pos, name in enumerate(stack.final.names):
-            p = stack.final.val_probs[view][pos]
-            if not bool(torch.isfinite(p).all()):
+            p = stack.final.val_log_probs[view][pos]
+            if bool(torch.isnan(p).any()) or bool(torch.isposinf(p).any()):
                 continue  # a member whose outputs are not finite cannot join an ensemble
             names.append(name)
             configs.append(by_name[name].configuration)
             sds.append(stack.final.state_dicts[pos])
-            probs.append(p)
-    return Pool(names, configs, sds, torch.stack(probs) if probs else torch.zeros(0))
+            preds.append(p)
+    return Pool(names, configs, sds, torch.stack(preds) if preds else torch.zeros(0))
 
 
-def _ensemble_summary(probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None) -> dict:
-    """Scores of the (weighted) mean of ``probs`` (K, N, C), its calibration before and after a temperature fitted
-    on these same validation images, and the reliability bins."""
-    mean = mean_probs(probs, weights)
+def _ensemble_summary(log_probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None) -> dict:
+    """Scores of the (weighted) mean of the members' probabilities (``log_probs`` (K, N, C)), its calibration before
+    and after a temperature fitted on these same validation images, and the reliability bins."""
+    mean = mean_probs(log_probs, weights)
     t = fit_temperature(mean, y)
-    return {**scores(probs, y, weights), "calibration": calibration(mean, y, t),
+    return {**scores(log_probs, y, weights), "calibration": calibration(mean, y, t),
             "reliability": {"before": reliability(mean, y), "after": reliability(with_temperature(mean, t), y)}}
 
 
@@ -71,11 +71,11 @@ def configuration_ensembles(rows: list[dict], members: Pool, y: torch.Tensor) ->
         idx = [j for j, c in enumerate(members.configs) if c == row["config"]]
         if not idx:
             continue
-        probs = members.val_probs[idx]
-        single = [scores(probs[j : j + 1], y) for j in range(len(idx))]
+        preds = members.val_log_probs[idx]
+        single = [scores(preds[j : j + 1], y) for j in range(len(idx))]
         row["single_val"] = {k: float(np.mean([s[k] for s in single])) for k in ("loss", "acc", "top5_acc")}
-        row["single_val"]["calibration"] = calibration(probs[0], y)  # one seed's, as a model's calibration
-        ens = _ensemble_summary(probs, y)
+        row["single_val"]["calibration"] = calibration(mean_probs(preds[:1]), y)  # one seed's, as a model's
+        ens = _ensemble_summary(preds, y)
         ens.pop("reliability")
         row["ensemble_val"] = ens
         row["ensemble_val_acc"], row["ensemble_val_loss"] = ens["acc"], ens["loss"]
@@ -85,14 +85,14 @@ def configuration_ensembles(rows: list[dict], members: Pool, y: torch.Tensor) ->
 def selection(members: Pool, y: torch.Tensor, rounds: int) -> dict:
     """The ensemble greedy selection picks from every member (validation NLL), its validation scores and
     calibration, against the best single member."""
-    sel = select(members.val_probs, y, rounds)
+    sel = select(members.val_log_probs, y, rounds)
     chosen = [j for j, c in enumerate(sel.counts) if c > 0]
-    best = min(range(len(members.names)), key=lambda j: (scores(members.val_probs[j : j + 1], y)["loss"], j))
+    best = min(range(len(members.names)), key=lambda j: (scores(members.val_log_probs[j : j + 1], y)["loss"], j))
     return {"rounds": rounds, "size": sel.size, "round_nll": list(sel.round_nll), "round_acc": list(sel.round_acc),
             "members": [{"name": members.names[j], "config": members.configs[j], "count": sel.counts[j],
                          "weight": sel.weights[j]} for j in chosen],
-            "val": _ensemble_summary(members.val_probs[chosen], y, [sel.weights[j] for j in chosen]),
-            "best_member": {"name": members.names[best], **scores(members.val_probs[best : best + 1], y)},
+            "val": _ensemble_summary(members.val_log_probs[chosen], y, [sel.weights[j] for j in chosen]),
+            "best_member": {"name": members.names[best], **scores(members.val_log_probs[best : best + 1], y)},
             "pool": len(members.names)}
 
 

@@ -9,7 +9,7 @@ leave their stack (params, BN state, optimiser state, hyper-parameters and seeds
 the stack's compute shrinks with it). Ranking waits until every stack has reached the rung, so stacks may run in
 any order or place.
 
-A stack that finishes leaves its members' weights and validation probabilities (:class:`Final`,
+A stack that finishes leaves its members' weights and validation log-probabilities (:class:`Final`,
 ``stacks/stack<n>_rung<last>_final.pt``, written before its last record) for what the sweep concludes after
 training (:mod:`.ensembles`). After each stack reaches a rung, its record (``stacks/stack<n>_rung<r>.json``: metrics, losses, validation
 accuracy; and, unless it is the last rung, its trees ``.pt``) is written atomically. A grid started again keeps
@@ -42,7 +42,7 @@ from ..data.loader import steps_per_epoch
 from ..runtime.from_config import pipeline
 from ..runtime.events import Events
 from ..runtime.interop import to_state_dict
-from ..runtime.predict import probabilities
+from ..runtime.predict import log_probabilities
 from ..runtime.loop import Hooks, Plan, Start, init_trees, train
 from ..runtime.trainer import schedule_fields
 
@@ -64,11 +64,11 @@ class Member:
 @dataclass
 class Final:
     """What a stack's finished members leave for the analysis after training (:mod:`.ensembles`): each one's
-    weights (reference-layout state_dicts) and its validation probabilities, plain and with ``grid.tta``'s views."""
+    weights (reference-layout state_dicts) and its validation log-probabilities, plain and with ``grid.tta``'s views."""
 
     names: list[str]
     state_dicts: list[dict]
-    val_probs: dict[str, torch.Tensor]  # view mode -> (K, N, C) float32
+    val_log_probs: dict[str, torch.Tensor]  # view mode -> (K, N, C), float32 (float64 in fp64)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class Stack:
     rung_val_acc: list[list[float]] = field(default_factory=list)  # per member, one value per rung reached
     diverged_at: list[int | None] = field(default_factory=list)
     pruned_at: list[int | None] = field(default_factory=list)  # rung (1-based) after which a member left
-    final: Final | None = None  # the finished members' weights and validation probabilities
+    final: Final | None = None  # the finished members' weights and validation log-probabilities
 
     def __post_init__(self) -> None:
         n = len(self.members)
@@ -291,16 +291,16 @@ class GridRun:
         stack.step = rec["end"]
 
     def _final(self, stack: Stack, trees: Any) -> Final:
-        """The finished members' weights and validation probabilities, written before the stack's last record."""
+        """The finished members' weights and validation log-probabilities, written before the stack's last record."""
         n = len(stack.running)
         params, state = trees[0], trees[1]
-        probs = probabilities(params, state, self.data.val, pipeline(self.cfg, self.backend.device), self.backend,
-                              members=n if n > 1 else 0, batch_size=self.cfg.train.eval_batch_size,
-                              tta=self.cfg.grid.tta)
+        preds = log_probabilities(params, state, self.data.val, pipeline(self.cfg, self.backend.device),
+                                  self.backend, members=n if n > 1 else 0, batch_size=self.cfg.train.eval_batch_size,
+                                  tta=self.cfg.grid.tta)
         sds = [to_state_dict(*(tree_ops.to_cpu(t) for t in member_trees(trees, pos, n))) for pos in range(n)]
-        final = Final([stack.members[i].name for i in stack.running], sds, probs)
+        final = Final([stack.members[i].name for i in stack.running], sds, preds)
         if self.records is not None:
-            payload = {"names": final.names, "state_dicts": final.state_dicts, "val_probs": final.val_probs}
+            payload = {"names": final.names, "state_dicts": final.state_dicts, "val_log_probs": final.val_log_probs}
             atomic_write(self._path(stack, len(self.ends) - 1, "_final.pt"), lambda f: torch.save(payload, f))
         return final
 
@@ -309,10 +309,10 @@ class GridRun:
         try:
             obj = torch.load(self._path(stack, len(self.ends) - 1, "_final.pt"), map_location="cpu",
                              weights_only=True)
-            final = Final(obj["names"], obj["state_dicts"], obj["val_probs"])
+            final = Final(obj["names"], obj["state_dicts"], obj["val_log_probs"])
         except Exception:  # noqa: BLE001 - any unreadable file means: train the last rung again
             return None
-        ok = final.names == [stack.members[i].name for i in running] and self.cfg.grid.tta in final.val_probs
+        ok = final.names == [stack.members[i].name for i in running] and self.cfg.grid.tta in final.val_log_probs
         return final if ok else None
 
     def _prune(self, r: int) -> None:

@@ -255,9 +255,10 @@ class Runner:
         choice = self.choice if step == "train" or self.evaluation is None else self.evaluation
         fast = torch.compile(fn, mode=self.backend.compile_mode) if self.compiled and choice.compiled else None
         cudagraphs = self.backend.compile_mode == "reduce-overhead" and self.backend.device.type == "cuda"
-        # a CUDA graph's outputs live in its memory pool until its next replay; the sequential executor replays it
-        # for the next member while this member's trees must live on, so they are copied out
-        keep = cudagraphs and self.sequential
+        # a CUDA graph's outputs live in its memory pool until its next replay, and every call starts a new
+        # generation: whatever outlives a call (the next step's trees, a member's trees while the graph serves the
+        # next member, an evaluation's running sums) must be a copy
+        keep = cudagraphs
 
         def call(*args):
             if fast is not None and self.compiled:

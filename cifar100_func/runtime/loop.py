@@ -12,6 +12,7 @@ except at the logging interval: losses and accuracies accumulate on the device.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -139,13 +140,14 @@ def _stacked(plan: Plan) -> bool:
     return plan.k > 1 if plan.stacked is None else plan.stacked
 
 
-def ensemble_sums(probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+def ensemble_sums(log_probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                   torch.Tensor]:
-    """(loss sum, correct, top-5 correct, predictions) of an ensemble on a batch: its members' softmax
-    probabilities ``probs`` (K, B, C) averaged, the loss the negative log of the averaged probability of ``y``."""
-    mean = probs.double().mean(dim=0)
-    loss = -mean.gather(-1, y[:, None]).clamp_min(1e-300).log().sum()
-    top5 = mean.topk(min(5, mean.shape[-1]), dim=-1).indices
+    """(loss sum, correct, top-5 correct, predictions) of an ensemble on a batch: the mean of its members' softmax
+    probabilities, from their log-probabilities ``log_probs`` (K, B, C); the loss is the negative log of the mean
+    probability of ``y``, computed in log space (exact however small that probability)."""
+    log_mean = torch.logsumexp(log_probs.double(), dim=0) - math.log(log_probs.shape[0])
+    loss = -log_mean.gather(-1, y[:, None]).sum()
+    top5 = log_mean.topk(min(5, log_mean.shape[-1]), dim=-1).indices
     return loss, (top5[:, 0] == y).sum(), (top5 == y[:, None]).any(dim=-1).sum(), top5[:, 0]
 
 

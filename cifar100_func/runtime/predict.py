@@ -1,66 +1,75 @@
-"""Class probabilities of trained models on a whole split: what every conclusion after training starts from.
+"""Class log-probabilities of trained models on a whole split: what every conclusion after training starts from.
 
 A configuration's seed ensemble, the ensemble selected across a sweep, calibration and the test evaluation all read
-the softmax probabilities of each model on every image, (K, N, C). With test-time views (:mod:`..core.tta`) a
-model's probabilities are the mean over its views, and the plain ones (the first view) come along, so a report can
-always put the plain figure beside the augmented one.
+each model's prediction on every image, (K, N, C). An ensemble is the (weighted) mean of its members' softmax
+probabilities; the predictions travel as log-probabilities, so a confidently wrong prediction keeps its true loss
+instead of underflowing to a probability of zero. With test-time views (:mod:`..core.tta`) a model's prediction is
+the mean of its views' probabilities, and the plain one (the first view) comes along, so a report can always put
+the plain figure beside the augmented one.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
 
+from ..core import tta as tta_views
 from ..data.dataset import Split
 from ..data.loader import Pipeline, eval_batches
 from .backend import Backend
 from .loop import ensemble_sums, make_eval
 
 
-def probabilities(params: Any, state: Any, split: Split, pipe: Pipeline, backend: Backend, *, members: int = 0,
-                  batch_size: int = 500, tta: str = "none") -> dict[str, torch.Tensor]:
-    """``{"none": plain, tta: with views}``: (K, N, C) float32 probabilities on the CPU of one model
-    (``members=0``, K = 1) or a stack of ``members`` (trees on the backend's device), in eval mode."""
+def log_probabilities(params: Any, state: Any, split: Split, pipe: Pipeline, backend: Backend, *, members: int = 0,
+                      batch_size: int = 500, tta: str = "none") -> dict[str, torch.Tensor]:
+    """``{"none": plain, tta: with views}``: (K, N, C) log-probabilities on the CPU of one model (``members=0``,
+    K = 1) or a stack of ``members`` (trees on the backend's device), in eval mode; float32 (float64 when the
+    precision is fp64)."""
     runner = backend.runner(members or None, 0)
     fn = make_eval(backend, runner, stacked=members > 0)
     params = runner.params(params)
     plain, viewed = [], []
     with torch.no_grad():
         for x, y in eval_batches(split, pipe, batch_size):
-            xs = [x]
+            xs = tta_views.views(x, tta)
+            preds = [_stacked(fn(params, state, runner.batch(v), y)[4]) for v in xs]
+            plain.append(preds[0].cpu())
             if tta != "none":
-                from ..core.tta import views
-
-                xs = views(x, tta)
-            probs = [_stacked(fn(params, state, runner.batch(v), y)[4]).float() for v in xs]
-            plain.append(probs[0].cpu())
-            if tta != "none":
-                viewed.append((torch.stack(probs).mean(dim=0)).cpu())
+                viewed.append(tta_views.average(preds).cpu())
     if not plain:
-        raise ValueError("probabilities: the split is empty")
+        raise ValueError("log_probabilities: the split is empty")
     out = {"none": torch.cat(plain, dim=1)}
     if tta != "none":
         out[tta] = torch.cat(viewed, dim=1)
     return out
 
 
-def _stacked(probs: torch.Tensor) -> torch.Tensor:
+def _stacked(pred: torch.Tensor) -> torch.Tensor:
     """(B, C) of one model as (1, B, C); a stack's (K, B, C) as it is."""
-    return probs if probs.ndim == 3 else probs[None]
+    return pred if pred.ndim == 3 else pred[None]
 
 
-def mean_probs(probs: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
-    """The (weighted) mean over K models of ``probs`` (K, N, C): an ensemble's probabilities (N, C), float64."""
-    k = probs.shape[0]
-    w = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else \
-        torch.as_tensor(weights, dtype=torch.float64) / float(sum(weights))
-    return (probs.double() * w.to(probs.device)[:, None, None]).sum(dim=0)
+def mean_log_probs(log_probs: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
+    """The log of the (weighted) mean over K models of their probabilities, from ``log_probs`` (K, N, C): an
+    ensemble's log-probabilities (N, C), float64."""
+    k = log_probs.shape[0]
+    if weights is None:
+        return torch.logsumexp(log_probs.double(), dim=0) - math.log(k)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    log_w = (w / w.sum()).log().to(log_probs.device)
+    return torch.logsumexp(log_probs.double() + log_w[:, None, None], dim=0)
 
 
-def scores(probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None) -> dict[str, float]:
-    """Loss (NLL of the averaged probability), accuracy and top-5 accuracy of the (weighted) mean of ``probs``
-    (K, N, C) over its K models; K = 1 is one model's."""
-    loss, correct, top5, _ = ensemble_sums(mean_probs(probs, weights)[None], y.to(probs.device))
+def mean_probs(log_probs: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
+    """An ensemble's probabilities (N, C), float64: :func:`mean_log_probs` exponentiated."""
+    return mean_log_probs(log_probs, weights).exp()
+
+
+def scores(log_probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None) -> dict[str, float]:
+    """Loss (NLL of the averaged probability), accuracy and top-5 accuracy of the (weighted) mean over the K models
+    of ``log_probs`` (K, N, C); K = 1 is one model's."""
+    loss, correct, top5, _ = ensemble_sums(mean_log_probs(log_probs, weights)[None], y.to(log_probs.device))
     n = max(len(y), 1)
     return {"loss": float(loss) / n, "acc": float(correct) / n, "top5_acc": float(top5) / n}

@@ -2,7 +2,8 @@
 
 From a library of M trained members (every seed of every configuration of a sweep that finished), each round adds
 the member, any of M and repeats allowed, whose addition gives the lowest validation NLL of the ensemble: the mean
-of the chosen members' probabilities, a member counted as often as it was chosen. The answer is the best prefix of
+of the chosen members' probabilities, a member counted as often as it was chosen. Members come as log-probabilities
+(log_softmax), the form in which a confidently wrong prediction keeps its true loss. The answer is the best prefix of
 the rounds, so it never scores worse on validation NLL than the best single member (round 1 picks that one).
 
 Only the label's column of each candidate ensemble enters the NLL, so a round costs O(M * N) plus O(N * C) for the
@@ -47,29 +48,30 @@ class Selection:
                 "members": list(self.members), "val_nll": self.val_nll, "val_acc": self.val_acc}
 
 
-def _member(probs, m: int) -> np.ndarray:
-    return as_numpy(probs[m], np.float64)
+def _member(log_probs, m: int) -> np.ndarray:
+    """Member ``m``'s probabilities (N, C), float64."""
+    return np.exp(as_numpy(log_probs[m], np.float64))
 
 
-def select(val_probs, y, rounds: int) -> Selection:
-    """Greedy selection with replacement over ``val_probs`` (M, N, C) (each member's softmax on the validation
-    split) against labels ``y`` (N,), for ``rounds`` rounds; ties go to the lowest member index, and among prefixes
-    of equal NLL (to ``TIE``) the shortest is kept."""
+def select(val_log_probs, y, rounds: int) -> Selection:
+    """Greedy selection with replacement over ``val_log_probs`` (M, N, C) (each member's log_softmax on the
+    validation split) against labels ``y`` (N,), for ``rounds`` rounds; ties go to the lowest member index, and
+    among prefixes of equal NLL (to ``TIE``) the shortest is kept."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    m_count = len(val_probs)
+    m_count = len(val_log_probs)
     y = as_numpy(y).astype(np.int64)
     if m_count == 0 or len(y) == 0:
         raise ValueError("selection needs at least one member and one validation image")
     rows = np.arange(len(y))
-    label_probs = np.stack([_member(val_probs, m)[rows, y] for m in range(m_count)])  # (M, N)
-    total = np.zeros_like(_member(val_probs, 0))  # the running sum of the chosen members' probabilities (N, C)
+    label_probs = np.stack([_member(val_log_probs, m)[rows, y] for m in range(m_count)])  # (M, N)
+    total = np.zeros_like(_member(val_log_probs, 0))  # the running sum of the chosen members' probabilities (N, C)
     total_y = np.zeros(len(y))
     order, round_nll, round_acc = [], [], []
     for k in range(1, rounds + 1):
         cand = -np.log(np.maximum((total_y[None, :] + label_probs) / k, TINY)).mean(axis=1)  # (M,)
         best = int(np.argmin(cand))
-        total += _member(val_probs, best)
+        total += _member(val_log_probs, best)
         total_y += label_probs[best]
         order.append(best)
         round_nll.append(float(cand[best]))
@@ -81,18 +83,3 @@ def select(val_probs, y, rounds: int) -> Selection:
                      order=tuple(order), round_nll=tuple(round_nll), round_acc=tuple(round_acc), size=size,
                      val_nll=round_nll[size - 1], val_acc=round_acc[size - 1])
 
-
-def combine(probs, weights=None) -> np.ndarray:
-    """The ensemble's probabilities (N, C) from members' ``probs`` (M, N, C): their weighted mean (``weights`` (M,)
-    summing to 1, for example ``Selection.weights``), the plain mean when ``weights`` is None (a seed ensemble)."""
-    m_count = len(probs)
-    w = np.full(m_count, 1.0 / m_count) if weights is None else as_numpy(weights, np.float64)
-    if w.shape != (m_count,):
-        raise ValueError(f"expected {m_count} weights, got shape {w.shape}")
-    out = None
-    for m in np.flatnonzero(w):
-        term = w[m] * _member(probs, int(m))
-        out = term if out is None else out + term
-    if out is None:
-        raise ValueError("every weight is zero")
-    return out
