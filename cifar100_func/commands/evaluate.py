@@ -27,7 +27,7 @@ from . import cli
 from ..runtime.backend import Backend
 from ..runtime.checkpoint import Members, load_members
 from ..runtime.predict import log_probabilities, mean_probs, scores
-from ..stats.calibration import calibration, fit_temperature, reliability, with_temperature
+from ..stats.calibration import calibration_and_reliability, fit_temperature
 from ..core import trees
 from ..config import Config
 from ..data.dataset import Dataset, Split
@@ -106,11 +106,8 @@ def evaluate_test(members: Members, data: Dataset, cfg: Config, backend: Backend
     if len(data.val):
         val = member_log_probs(members, data.val, cfg, backend, tta)[tta]
         t = fit_temperature(mean_probs(val, w), data.val.y.cpu())
-    out["calibration"] = calibration(mean, y, t)
+    out.update(calibration_and_reliability(mean, y, t))
     out["calibration"]["temperature_fitted_on"] = "validation" if t is not None else None
-    out["reliability"] = {"before": reliability(mean, y)}
-    if t is not None:
-        out["reliability"]["after"] = reliability(with_temperature(mean, t), y)
     return out
 
 

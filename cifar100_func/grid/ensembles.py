@@ -20,7 +20,7 @@ import torch
 from ..runtime.checkpoint import FORMAT
 from ..runtime.io import atomic_write
 from ..runtime.predict import mean_probs, scores
-from ..stats.calibration import calibration, fit_temperature, reliability, with_temperature
+from ..stats.calibration import calibration, calibration_and_reliability, fit_temperature
 from ..stats.seeds import ranking_noise, single_seed_flips
 from ..stats.selection import select
 from .run import Stack
@@ -59,8 +59,7 @@ def _ensemble_summary(log_probs: torch.Tensor, y: torch.Tensor, weights: Sequenc
     and after a temperature fitted on these same validation images, and the reliability bins."""
     mean = mean_probs(log_probs, weights)
     t = fit_temperature(mean, y)
-    return {**scores(log_probs, y, weights), "calibration": calibration(mean, y, t),
-            "reliability": {"before": reliability(mean, y), "after": reliability(with_temperature(mean, t), y)}}
+    return {**scores(log_probs, y, weights), **calibration_and_reliability(mean, y, t)}
 
 
 def configuration_ensembles(rows: list[dict], members: Pool, y: torch.Tensor) -> None:

@@ -116,3 +116,12 @@ def calibration(probs, y, T: float | None = None, bins: int = BINS) -> dict:  # 
         out["temperature"] = float(T)
         out["scaled"] = _metrics(with_temperature(p, T), labels, bins)
     return out
+
+
+def calibration_and_reliability(probs, y, T: float | None = None, bins: int = BINS) -> dict:  # noqa: N803
+    """``{"calibration": calibration(probs, y, T), "reliability": {"before": ..., "after": ...}}``: the metrics and
+    the reliability diagram's bins, before and (with ``T``) after temperature scaling."""
+    out = {"calibration": calibration(probs, y, T, bins), "reliability": {"before": reliability(probs, y, bins)}}
+    if T is not None:
+        out["reliability"]["after"] = reliability(with_temperature(probs, T), y, bins)
+    return out
