@@ -6,8 +6,8 @@ variant starts from the same weights and sees the same batch order: a variant's 
 paired over seeds. The table gives each variant's final validation accuracy (mean +- standard error over seeds), its
 paired difference to the baseline with the t-test's p, the validation loss, and the wall time. Test-time views are
 scored on the baseline's final weights (flip and flip x translations, validation split). The test split is never
-read: this table chooses a recipe. Each finished variant is written to ``ablation.json`` at once, and a run started
-again skips the variants already there with the same config.
+read: this table chooses a recipe. Each finished variant is written to ``ablation.json`` at once; a run started
+again skips the variants already there with the same config and seed count and drops the others.
 
     python benchmarks/ablation.py --config configs/recipe.yaml --data-root ../shared --seeds 2 \
         --set train.epochs=3 --set model.blocks=[2,2,2] --out docs/results/ablation
@@ -27,7 +27,9 @@ from cifar100_func.commands import cli  # noqa: E402
 from cifar100_func.config import load_config, what  # noqa: E402
 from cifar100_func.fingerprint import fingerprint  # noqa: E402
 from cifar100_func.runtime.from_config import pipeline  # noqa: E402
-from cifar100_func.runtime.io import atomic_write_json, atomic_write_text  # noqa: E402
+from cifar100_func.errors import ConfigError, OutputError  # noqa: E402
+from cifar100_func.runtime.io import atomic_write_json, atomic_write_text, ensure_dir  # noqa: E402
+from cifar100_func.runtime.lock import folder_lock  # noqa: E402
 from cifar100_func.runtime.predict import log_probabilities, scores  # noqa: E402
 from cifar100_func.runtime.trainer import fit  # noqa: E402
 from cifar100_func.stats.seeds import paired, summarise  # noqa: E402
@@ -97,7 +99,21 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def _earlier(path: Path, expected: dict[str, str], seeds: int) -> dict:
+    """The variants an earlier run finished with the config and seed count this run asks for; others are dropped."""
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise OutputError(f"{path}: not readable JSON ({exc.msg}); move it away to start afresh") from None
+    kept = {n: r for n, r in old.items() if expected.get(n) == r.get("config") and len(r.get("val_acc", [])) == seeds}
+    for name in sorted(set(old) - set(kept)):
+        print(f"{name}: an earlier result with another config or seed count, dropped")
+    return kept
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/recipe.yaml")
     ap.add_argument("--data-root", default=None)
@@ -106,29 +122,30 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names from VARIANTS")
     ap.add_argument("--out", default="ablation")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
-    if unknown or args.seeds < 1:
-        print(f"ablation: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})" if unknown
-              else f"ablation: --seeds {args.seeds} must be at least 1", file=sys.stderr)
-        return 2
+    if unknown:
+        raise ConfigError(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
+    # every variant's config is checked before anything is written
+    expected = {n: fingerprint(what(load_config(args.config, [*args.overrides, *VARIANTS[n]]))) for n in names}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "ablation.json"
-    results = json.loads(path.read_text()) if path.is_file() else {}
-    for name in names:
-        cfg = load_config(args.config, [*args.overrides, *VARIANTS[name]])
-        done = results.get(name)
-        if done and done["config"] == fingerprint(what(cfg)) and len(done["val_acc"]) == args.seeds:
-            print(f"{name}: done earlier, kept")
-            continue
-        results[name] = run_variant(name, VARIANTS[name], args)
-        atomic_write_json(path, results)
-        atomic_write_text(out / "ablation.md", table(results) + "\n")
-        print(table(results), flush=True)
+    ensure_dir(out)
+    with folder_lock(out):
+        path = out / "ablation.json"
+        results = _earlier(path, expected, args.seeds)
+        for name in names:
+            if name in results:
+                print(f"{name}: done earlier, kept")
+                continue
+            results[name] = run_variant(name, VARIANTS[name], args)
+            atomic_write_json(path, results)
+            atomic_write_text(out / "ablation.md", table(results) + "\n")
+            print(table(results), flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_command(main))

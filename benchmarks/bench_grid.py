@@ -114,7 +114,8 @@ def main() -> None:
     ap.add_argument("--config", default="configs/config.yaml")
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--ks", default="1,2,6,12")
-    ap.add_argument("--modes", default="eager,compiled", help="modes of the standard path and the vmap stacks")
+    ap.add_argument("--modes", default="eager,compiled",
+                    help="modes of the standard path and the vmap stacks (empty: no vmap stacks)")
     ap.add_argument("--executor-modes", default="compiled",
                     help="modes of the sequential executor's stacks (default: compiled, as the grid runs it)")
     ap.add_argument("--steps", type=int, default=6, help="timed steps per variant and round")
@@ -139,7 +140,7 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     data = load_dataset(data_spec(cfg), args.data_root).to(device)
     ks = [int(k) for k in args.ks.split(",")]
-    modes = args.modes.split(",")
+    modes = [m for m in args.modes.split(",") if m]
     executor_modes = [m for m in args.executor_modes.split(",") if m]
     forms = (args.batching or ("per_model,grouped" if device.type == "cpu" else "grouped")).split(",")
     set_recompile_limit(64)  # one compiled closure of the same step per variant

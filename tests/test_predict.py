@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cifar100_func.runtime.predict import mean_log_probs, mean_probs, scores
+from cifar100_func.runtime.predict import mean_log_probs, scores
 
 
 def _logits(k: int, n: int = 64, c: int = 10, scale: float = 3.0, seed: int = 0) -> torch.Tensor:
@@ -30,7 +30,7 @@ def test_weighted_ensemble_equals_the_float64_softmax_mean():
     y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(2))
     w = [0.5, 0.25, 0.25]
     want = sum(wj * z[j].softmax(-1) for j, wj in enumerate(w))
-    torch.testing.assert_close(mean_probs(z.log_softmax(-1), w), want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(mean_log_probs(z.log_softmax(-1), w).exp(), want, rtol=1e-12, atol=0)
     torch.testing.assert_close(mean_log_probs(z.log_softmax(-1), w), want.log(), rtol=1e-12, atol=0)
     got = scores(z.log_softmax(-1), y, w)
     assert abs(got["loss"] - float(-want.gather(1, y[:, None]).log().mean())) < 1e-12

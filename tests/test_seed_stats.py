@@ -135,6 +135,6 @@ def test_sweep_figures_draw_seed_rows_and_old_rows(tmp_path):
             assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sweep_plots.metric_vs_hparams([], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
     p = rng.dirichlet(np.ones(10), 300)
-    bins = json.loads(json.dumps(reliability(p, rng.integers(0, 10, 300))).replace("NaN", "null"))
+    bins = json.loads(json.dumps(reliability(np.log(p), rng.integers(0, 10, 300))).replace("NaN", "null"))
     out = sweep_plots.reliability_diagram(bins, bins, tmp_path / "rel.png", "synthetic", temperature=1.5)
     assert out.read_bytes()[:4] == b"\x89PNG"

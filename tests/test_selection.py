@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cifar100_func.runtime.predict import mean_probs
+from cifar100_func.runtime.predict import mean_log_probs
 from cifar100_func.stats.selection import select
 
 
@@ -96,7 +96,7 @@ def test_small_case_against_every_multiset(seed):
     assert sel.val_nll == pytest.approx(scored[chosen], rel=1e-12)
     assert sel.val_nll <= min(v for ms, v in scored.items() if len(ms) == 1) + 1e-12
     assert sel.val_nll >= min(scored.values()) - 1e-12
-    ens = mean_probs(torch.from_numpy(np.log(probs)), sel.weights).numpy()  # the library's weighted mean
+    ens = mean_log_probs(torch.from_numpy(np.log(probs)), sel.weights).exp().numpy()  # the library's weighted mean
     np.testing.assert_allclose(ens, np.mean([probs[m] for m in chosen], axis=0), rtol=1e-12)
 
 
@@ -105,6 +105,15 @@ def test_torch_input_and_bad_input():
     a = select(np.log(probs), y, rounds=4)
     b = select(torch.from_numpy(np.log(probs)), torch.from_numpy(y), rounds=4)
     assert a == b
-    np.testing.assert_allclose(mean_probs(torch.from_numpy(np.log(probs))).numpy(), probs.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(mean_log_probs(torch.from_numpy(np.log(probs))).exp().numpy(), probs.mean(axis=0), rtol=1e-12)
     with pytest.raises(ValueError):
         select(np.log(probs), y, rounds=0)
+
+
+def test_members_far_below_float64_probabilities_are_ranked_by_their_true_loss():
+    """Member 0 loses 500 nats per image, member 1 250: both underflow as probabilities, not as log-probabilities."""
+    y = np.zeros(4, dtype=np.int64)
+    lp = np.full((2, 4, 3), np.log(0.5))
+    lp[0, :, 0], lp[1, :, 0] = -500.0, -250.0
+    sel = select(lp, y, rounds=1)
+    assert sel.order == (1,) and sel.val_nll == pytest.approx(250.0)

@@ -26,7 +26,7 @@ import torch
 from . import cli
 from ..runtime.backend import Backend
 from ..runtime.checkpoint import Members, load_members
-from ..runtime.predict import log_probabilities, mean_probs, scores
+from ..runtime.predict import log_probabilities, mean_log_probs, scores
 from ..stats.calibration import calibration_and_reliability, fit_temperature
 from ..core import trees
 from ..config import Config
@@ -80,7 +80,7 @@ def evaluate_test(members: Members, data: Dataset, cfg: Config, backend: Backend
     y = data.test.y.cpu()
     test = member_log_probs(members, data.test, cfg, backend, tta)
     log_probs, w = test[tta], members.weights
-    mean = mean_probs(log_probs, w)
+    mean = mean_log_probs(log_probs, w)
     pred = mean.argmax(dim=-1).numpy()
     true = y.numpy()
     k = data.num_classes
@@ -105,7 +105,7 @@ def evaluate_test(members: Members, data: Dataset, cfg: Config, backend: Backend
     t = None
     if len(data.val):
         val = member_log_probs(members, data.val, cfg, backend, tta)[tta]
-        t = fit_temperature(mean_probs(val, w), data.val.y.cpu())
+        t = fit_temperature(mean_log_probs(val, w), data.val.y.cpu())
     out.update(calibration_and_reliability(mean, y, t))
     out["calibration"]["temperature_fitted_on"] = "validation" if t is not None else None
     return out

@@ -19,7 +19,7 @@ import torch
 
 from ..runtime.checkpoint import FORMAT
 from ..runtime.io import atomic_write
-from ..runtime.predict import mean_probs, scores
+from ..runtime.predict import mean_log_probs, scores
 from ..stats.calibration import calibration, calibration_and_reliability, fit_temperature
 from ..stats.seeds import ranking_noise, single_seed_flips
 from ..stats.selection import select
@@ -45,7 +45,7 @@ def pool(stacks: Sequence[Stack], view: str) -> Pool:
         by_name = {m.name: m for m in stack.members}
         for pos, name in enumerate(stack.final.names):
             p = stack.final.val_log_probs[view][pos]
-            if bool(torch.isnan(p).any()) or bool(torch.isposinf(p).any()):
+            if not bool(torch.isfinite(p).all()):
                 continue  # a member whose outputs are not finite cannot join an ensemble
             names.append(name)
             configs.append(by_name[name].configuration)
@@ -57,7 +57,7 @@ def pool(stacks: Sequence[Stack], view: str) -> Pool:
 def _ensemble_summary(log_probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None) -> dict:
     """Scores of the (weighted) mean of the members' probabilities (``log_probs`` (K, N, C)), its calibration before
     and after a temperature fitted on these same validation images, and the reliability bins."""
-    mean = mean_probs(log_probs, weights)
+    mean = mean_log_probs(log_probs, weights)
     t = fit_temperature(mean, y)
     return {**scores(log_probs, y, weights), **calibration_and_reliability(mean, y, t)}
 
@@ -73,7 +73,7 @@ def configuration_ensembles(rows: list[dict], members: Pool, y: torch.Tensor) ->
         preds = members.val_log_probs[idx]
         single = [scores(preds[j : j + 1], y) for j in range(len(idx))]
         row["single_val"] = {k: float(np.mean([s[k] for s in single])) for k in ("loss", "acc", "top5_acc")}
-        row["single_val"]["calibration"] = calibration(mean_probs(preds[:1]), y)  # one seed's, as a model's
+        row["single_val"]["calibration"] = calibration(preds[0], y)  # one seed's, as a model's
         ens = _ensemble_summary(preds, y)
         ens.pop("reliability")
         row["ensemble_val"] = ens

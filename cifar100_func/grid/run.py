@@ -309,7 +309,10 @@ class GridRun:
         try:
             obj = torch.load(self._path(stack, len(self.ends) - 1, "_final.pt"), map_location="cpu",
                              weights_only=True)
-            final = Final(obj["names"], obj["state_dicts"], obj["val_log_probs"])
+            preds = obj.get("val_log_probs")
+            if preds is None:  # written before predictions were kept as log-probabilities
+                preds = {view: p.double().clamp_min(1e-300).log() for view, p in obj["val_probs"].items()}
+            final = Final(obj["names"], obj["state_dicts"], preds)
         except Exception:  # noqa: BLE001 - any unreadable file means: train the last rung again
             return None
         ok = final.names == [stack.members[i].name for i in running] and self.cfg.grid.tta in final.val_log_probs

@@ -58,13 +58,10 @@ def mean_log_probs(log_probs: torch.Tensor, weights: Sequence[float] | None = No
     if weights is None:
         return torch.logsumexp(log_probs.double(), dim=0) - math.log(k)
     w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (k,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0:
+        raise ValueError(f"ensemble weights must be {k} finite values >= 0 with a positive sum, got {list(weights)}")
     log_w = (w / w.sum()).log().to(log_probs.device)
     return torch.logsumexp(log_probs.double() + log_w[:, None, None], dim=0)
-
-
-def mean_probs(log_probs: torch.Tensor, weights: Sequence[float] | None = None) -> torch.Tensor:
-    """An ensemble's probabilities (N, C), float64: :func:`mean_log_probs` exponentiated."""
-    return mean_log_probs(log_probs, weights).exp()
 
 
 def scores(log_probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None) -> dict[str, float]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._arrays import TINY, as_numpy
+from ._arrays import as_numpy
 
 TIE = 1e-12  # prefixes whose NLL differs by less (relative) tie: float64 rounding, e.g. one member chosen twice
 
@@ -49,8 +49,8 @@ class Selection:
 
 
 def _member(log_probs, m: int) -> np.ndarray:
-    """Member ``m``'s probabilities (N, C), float64."""
-    return np.exp(as_numpy(log_probs[m], np.float64))
+    """Member ``m``'s log-probabilities (N, C), float64."""
+    return as_numpy(log_probs[m], np.float64)
 
 
 def select(val_log_probs, y, rounds: int) -> Selection:
@@ -64,15 +64,15 @@ def select(val_log_probs, y, rounds: int) -> Selection:
     if m_count == 0 or len(y) == 0:
         raise ValueError("selection needs at least one member and one validation image")
     rows = np.arange(len(y))
-    label_probs = np.stack([_member(val_log_probs, m)[rows, y] for m in range(m_count)])  # (M, N)
+    label_lp = np.stack([_member(val_log_probs, m)[rows, y] for m in range(m_count)])  # (M, N)
     total = np.zeros_like(_member(val_log_probs, 0))  # the running sum of the chosen members' probabilities (N, C)
-    total_y = np.zeros(len(y))
+    log_total_y = np.full(len(y), -np.inf)  # the log of that sum at the labels, kept in log space: exact NLLs
     order, round_nll, round_acc = [], [], []
     for k in range(1, rounds + 1):
-        cand = -np.log(np.maximum((total_y[None, :] + label_probs) / k, TINY)).mean(axis=1)  # (M,)
+        cand = -(np.logaddexp(log_total_y[None, :], label_lp) - np.log(k)).mean(axis=1)  # (M,)
         best = int(np.argmin(cand))
-        total += _member(val_log_probs, best)
-        total_y += label_probs[best]
+        total += np.exp(_member(val_log_probs, best))
+        log_total_y = np.logaddexp(log_total_y, label_lp[best])
         order.append(best)
         round_nll.append(float(cand[best]))
         round_acc.append(float((total.argmax(axis=1) == y).mean()))
