@@ -70,6 +70,8 @@ def test_verdicts_in_words():
         "a beats b by 0.13 +- 0.017 nats over 3 paired seeds (t = 8.0, p = 0.015): more than seed noise")
     single = seeds.verdict("a", "b", seeds.paired([0.5], [0.48]))
     assert single == "a beats b by 2.0 points on a single seed: no paired test, so the seed noise is unknown"
+    tie = seeds.verdict("a", "b", seeds.paired([0.5], [0.5]))
+    assert tie == "a ties with b on a single seed: no paired test, so the seed noise is unknown"
 
 
 def test_binomial_se():
@@ -106,7 +108,8 @@ def test_ranking_noise():
     ref = sps.ttest_rel(per_seed[:, 1], per_seed[:, 0])
     assert out["median"]["p"] == pytest.approx(ref.pvalue) and out["median"]["t"] == pytest.approx(ref.statistic)
     assert out["runner_up"]["verdict"].startswith("c1 beats c3 by ")
-    assert "runner_up" not in seeds.ranking_noise(per_seed[:, :1], ["c0"])
+    alone = seeds.ranking_noise(per_seed[:, :1], ["c0"])  # one configuration left (halving): nothing to compare
+    assert "runner_up" not in alone and "median" not in alone and alone["winner"] == 0
 
 
 def test_sweep_figures_draw_seed_rows_and_old_rows(tmp_path):

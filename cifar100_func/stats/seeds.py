@@ -75,8 +75,8 @@ def verdict(a_name: str, b_name: str, result: dict, *, scale: float = 100.0, uni
     verb = "ties with" if diff == 0 else ("beats" if better else "trails")
     size = f" by {_num(abs(diff) * scale)}"
     if result["test"] is None:
-        return (f"{a_name} {verb} {b_name}{'' if diff == 0 else size} {unit} on a single seed: no paired test, "
-                "so the seed noise is unknown")
+        by = "" if diff == 0 else f"{size} {unit}"
+        return f"{a_name} {verb} {b_name}{by} on a single seed: no paired test, so the seed noise is unknown"
     noise = "more than seed noise" if result["p"] < alpha else "within seed noise"
     return (f"{a_name} {verb} {b_name}{size} +- {_num(result['se'] * scale)} {unit} over {n} paired seeds "
             f"(t = {abs(result['t']):.1f}, p = {result['p']:.2g}): {noise}")
@@ -107,14 +107,15 @@ def single_seed_flips(per_seed_scores, higher_is_better: bool = True) -> float:
 
 def ranking_noise(per_seed_scores, names: Sequence[str], higher_is_better: bool = True, **verdict_kw) -> dict:
     """Is the ranking by seed mean more than seed noise? The winner against the runner-up and against the median
-    configuration (the one at rank floor(K / 2) of K, best first), each as ``paired`` plus its ``verdict``."""
+    configuration (the one at rank floor(K / 2) of K, best first), each as ``paired`` plus its ``verdict``; with one
+    configuration there is nothing to compare (only ``winner`` and ``order``)."""
     s = as_numpy(per_seed_scores, np.float64)
     if s.ndim != 2 or s.shape[1] != len(names):
         raise ValueError(f"expected scores of shape (seeds, {len(names)}), got {s.shape}")
     order = [int(i) for i in np.argsort(-_ranked(s.mean(axis=0), higher_is_better), kind="stable")]
     out: dict = {"winner": order[0], "order": order}
     for key, rank in (("runner_up", 1), ("median", len(order) // 2)):
-        if rank < len(order):
+        if 0 < rank < len(order):
             res = paired(s[:, order[0]], s[:, order[rank]])
             out[key] = {"index": order[rank], **res,
                         "verdict": verdict(names[order[0]], names[order[rank]], res,
