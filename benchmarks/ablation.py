@@ -28,7 +28,7 @@ from cifar100_func.config import load_config, what  # noqa: E402
 from cifar100_func.fingerprint import fingerprint  # noqa: E402
 from cifar100_func.runtime.from_config import pipeline  # noqa: E402
 from cifar100_func.errors import ConfigError, OutputError  # noqa: E402
-from cifar100_func.runtime.io import atomic_write_json, atomic_write_text, ensure_dir  # noqa: E402
+from cifar100_func.runtime.io import atomic_write_json, atomic_write_text  # noqa: E402
 from cifar100_func.runtime.lock import folder_lock  # noqa: E402
 from cifar100_func.runtime.predict import log_probabilities, scores  # noqa: E402
 from cifar100_func.runtime.trainer import fit  # noqa: E402
@@ -64,7 +64,7 @@ def run_variant(name: str, overrides: list[str], args: argparse.Namespace) -> di
            "epochs": cfg.train.epochs}
     if name == "baseline":  # test-time views of the baseline's final weights, on validation
         preds = {v: log_probabilities(res.params, res.state, data.val, pipeline(cfg, run.device), run.backend,
-                                      members=args.seeds if args.seeds > 1 else 0,
+                                      members=args.seeds,
                                       batch_size=cfg.train.eval_batch_size, tta=v) for v in VIEWS}
         y = data.val.y.cpu()
         out["tta"] = {v: [scores(p[v][j : j + 1], y)["acc"] for j in range(args.seeds)] for v, p in preds.items()}
@@ -100,14 +100,16 @@ def table(results: dict) -> str:
 
 
 def _earlier(path: Path, expected: dict[str, str], seeds: int) -> dict:
-    """The variants an earlier run finished with the config and seed count this run asks for; others are dropped."""
+    """The variants an earlier run finished whose config and seed count are still what they would be now (every
+    variant of VARIANTS, asked for in this run or not); the others are dropped, as they are stale."""
     if not path.is_file():
         return {}
     try:
         old = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise OutputError(f"{path}: not readable JSON ({exc.msg}); move it away to start afresh") from None
-    kept = {n: r for n, r in old.items() if expected.get(n) == r.get("config") and len(r.get("val_acc", [])) == seeds}
+    kept = {n: r for n, r in old.items()
+            if n in expected and expected[n] == r.get("config") and len(r.get("val_acc", [])) == seeds}
     for name in sorted(set(old) - set(kept)):
         print(f"{name}: an earlier result with another config or seed count, dropped")
     return kept
@@ -130,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds}: must be at least 1")
     # every variant's config is checked before anything is written
-    expected = {n: fingerprint(what(load_config(args.config, [*args.overrides, *VARIANTS[n]]))) for n in names}
+    expected = {n: fingerprint(what(load_config(args.config, [*args.overrides, *o]))) for n, o in VARIANTS.items()}
     out = Path(args.out)
-    ensure_dir(out)
     with folder_lock(out):
         path = out / "ablation.json"
         results = _earlier(path, expected, args.seeds)

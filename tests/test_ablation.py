@@ -44,12 +44,26 @@ def test_variants_equal_their_seeds_trained_alone(tiny_config, tmp_path):
     md = (out / "ablation.md").read_text()
     assert "| alternating_flip |" in md and "baseline + TTA flip " in md
 
-    again = _run(config, out, "--variants", "baseline")
+    # a later run of other variants keeps every finished one, asked for or not
+    again = _run(config, out, "--variants", "baseline,identity_init")
     assert again.returncode == 0 and "baseline: done earlier, kept" in again.stdout
-    assert json.loads((out / "ablation.json").read_text()) == res
+    now = json.loads((out / "ablation.json").read_text())
+    assert set(now) == {"baseline", "alternating_flip", "identity_init"}
+    assert {n: now[n] for n in res} == res
+    # a changed base config makes every earlier result stale
+    stale = _run(config, out, "--variants", "baseline", "--set", "train.seed=3")
+    assert stale.returncode == 0 and "alternating_flip: an earlier result" in stale.stdout
+    assert set(json.loads((out / "ablation.json").read_text())) == {"baseline"}
 
 
 def test_an_unknown_variant_is_one_line_and_exit_2(tiny_config, tmp_path):
     proc = _run(tiny_config(), tmp_path / "abl", "--variants", "baseline,warp_drive")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "warp_drive" in proc.stderr
+    assert not (tmp_path / "abl").exists()
+
+
+def test_a_run_that_fails_before_any_result_leaves_no_folder(tiny_config, tmp_path):
+    proc = _run(tiny_config(), tmp_path / "abl", "--variants", "baseline", "--data-root", str(tmp_path / "none"),
+                "--set", "dataset.name=cifar100", "--set", "dataset.download=false")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "abl").exists()

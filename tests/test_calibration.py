@@ -143,3 +143,5 @@ def test_torch_float32_input_and_bad_shapes():
         cal.nll(p[0], y[:1])
     with pytest.raises(ValueError):
         cal.nll(np.log(p), y + p.shape[1])
+    with pytest.raises(ValueError, match="log-probabilities"):
+        cal.ece(p, y)  # probabilities, not their logs

@@ -3,6 +3,7 @@ computed directly in float64, including predictions so confidently wrong that fl
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -37,3 +38,12 @@ def test_weighted_ensemble_equals_the_float64_softmax_mean():
     assert got["acc"] == (want.argmax(-1) == y).double().mean().item()
     plain = scores(z.log_softmax(-1), y)  # no weights: the plain mean
     assert abs(plain["loss"] - float(-(z.softmax(-1).mean(0)).gather(1, y[:, None]).log().mean())) < 1e-12
+
+
+def test_ensemble_weights_are_checked():
+    z = _logits(2).log_softmax(-1)
+    for bad in ([1.0], [1.0, -0.5], [0.0, 0.0], [float("nan"), 1.0]):
+        with pytest.raises(ValueError, match="ensemble weights"):
+            mean_log_probs(z, bad)
+    # a zero weight leaves a member out, as the mean of the others
+    torch.testing.assert_close(mean_log_probs(z, [1.0, 0.0]), z[0], rtol=1e-12, atol=0)

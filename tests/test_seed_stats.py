@@ -110,6 +110,8 @@ def test_ranking_noise():
     assert out["runner_up"]["verdict"].startswith("c1 beats c3 by ")
     alone = seeds.ranking_noise(per_seed[:, :1], ["c0"])  # one configuration left (halving): nothing to compare
     assert "runner_up" not in alone and "median" not in alone and alone["winner"] == 0
+    three = seeds.ranking_noise(per_seed[:, :3], ["c0", "c1", "c2"])  # the median would be the runner-up again
+    assert three["runner_up"]["index"] == 0 and "median" not in three
 
 
 def test_sweep_figures_draw_seed_rows_and_old_rows(tmp_path):

@@ -4,7 +4,7 @@ Reads a project checkpoint or a plain reference-layout ``state_dict`` (detected 
 comes from the checkpoint's shapes, never from the config, so the two cannot disagree. An ensemble checkpoint
 (``train --ensemble N``, ``study.final_seeds``, a sweep's ``selection.ckpt`` or ``best_config.ckpt``) is the
 weighted mean of its members' softmax; its members may differ in architecture. Everything is computed from the
-models' probabilities (:mod:`..runtime.predict`), optionally averaged over test-time views (``--tta``; the plain
+models' log-probabilities (:mod:`..runtime.predict`), optionally averaged over test-time views (``--tta``; the plain
 figures are reported beside): loss, accuracy, top-5 and per-class accuracy, fine (100x100) and coarse (20x20)
 confusion matrices, each member's metrics, and calibration (NLL, ECE over 15 bins, Brier) before and after a
 temperature fitted on the validation split, with its reliability diagram. Writes ``<stem>.eval_test.json``,
@@ -58,7 +58,7 @@ def member_log_probs(members: Members, split: Split, cfg: Config, backend: Backe
         params, state = ((trees.stack([p for p, _ in models]), trees.stack([s for _, s in models])) if len(idx) > 1
                          else models[0])
         preds = log_probabilities(trees.to(prec.params(params), dev), trees.to(prec.params(state), dev), split,
-                                  pipe, backend, members=len(idx) if len(idx) > 1 else 0,
+                                  pipe, backend, members=len(idx),
                                   batch_size=cfg.train.eval_batch_size, tta=tta)
         for view, p in preds.items():
             parts.setdefault(view, []).append(p)

@@ -49,7 +49,12 @@ def views(x: Tensor, mode: str, fill: float | Tensor = 0.0) -> list[Tensor]:
     return [x, mirror] + [translate(v, dy, dx, fill) for v in (x, mirror) for dy, dx in DIRECTIONS]
 
 
+def log_mean_exp(log_probs: Tensor) -> Tensor:
+    """The log of the mean over the first dimension of probabilities given as log-probabilities, in log space (exact
+    however small they are): views of an image, or members of an ensemble."""
+    return torch.logsumexp(log_probs, dim=0) - math.log(log_probs.shape[0])
+
+
 def average(log_probs: Sequence[Tensor]) -> Tensor:
     """The log of the mean of the views' probabilities, from their log-probabilities (each (..., B, classes))."""
-    stacked = torch.stack(list(log_probs))
-    return torch.logsumexp(stacked, dim=0) - math.log(stacked.shape[0])
+    return log_mean_exp(torch.stack(list(log_probs)))

@@ -295,7 +295,7 @@ class GridRun:
         n = len(stack.running)
         params, state = trees[0], trees[1]
         preds = log_probabilities(params, state, self.data.val, pipeline(self.cfg, self.backend.device),
-                                  self.backend, members=n if n > 1 else 0, batch_size=self.cfg.train.eval_batch_size,
+                                  self.backend, members=n, batch_size=self.cfg.train.eval_batch_size,
                                   tta=self.cfg.grid.tta)
         sds = [to_state_dict(*(tree_ops.to_cpu(t) for t in member_trees(trees, pos, n))) for pos in range(n)]
         final = Final([stack.members[i].name for i in stack.running], sds, preds)
@@ -305,14 +305,12 @@ class GridRun:
         return final
 
     def _read_final(self, stack: Stack, running: list[int]) -> Final | None:
-        """A finished stack's :class:`Final` as an earlier run wrote it, or None when it is missing or damaged."""
+        """A finished stack's :class:`Final` as an earlier run wrote it, or None when it is missing or damaged (or of
+        the format that kept float32 probabilities, whose underflowed zeros cannot give back the log-probabilities)."""
         try:
             obj = torch.load(self._path(stack, len(self.ends) - 1, "_final.pt"), map_location="cpu",
                              weights_only=True)
-            preds = obj.get("val_log_probs")
-            if preds is None:  # written before predictions were kept as log-probabilities
-                preds = {view: p.double().clamp_min(1e-300).log() for view, p in obj["val_probs"].items()}
-            final = Final(obj["names"], obj["state_dicts"], preds)
+            final = Final(obj["names"], obj["state_dicts"], obj["val_log_probs"])
         except Exception:  # noqa: BLE001 - any unreadable file means: train the last rung again
             return None
         ok = final.names == [stack.members[i].name for i in running] and self.cfg.grid.tta in final.val_log_probs

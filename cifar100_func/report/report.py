@@ -245,10 +245,11 @@ def _noise_lines(cfg: Config, sweep: dict, sep: dict, n_val: int) -> list[str]:
     """Is the ranking more than noise? With seeds: paired tests over them; with one: the binomial error only."""
     noise = sweep.get("noise")
     if noise and noise.get("seeds", 1) > 1:
+        verdicts = [noise[k]["verdict"] for k in ("runner_up", "median") if k in noise]
         out = [f"Is the ranking more than noise? Every configuration trained {noise['seeds']} seeds (the same seeds "
                "for all, so comparisons are paired); the ranking uses their mean. "
-               + "Paired over them: " + "; ".join(noise[k]["verdict"] for k in ("runner_up", "median") if k in noise)
-               + "."]
+               + (f"Paired over them: {'; '.join(verdicts)}." if verdicts
+                  else "Only one configuration finished, so there is nothing to compare it with.")]
         if noise.get("single_seed_flips") is not None:
             out[0] += (f" One seed alone would have crowned another winner for {100 * noise['single_seed_flips']:.0f}% "
                        "of the seeds.")

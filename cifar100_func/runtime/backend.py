@@ -258,7 +258,6 @@ class Runner:
         # a CUDA graph's outputs live in its memory pool until its next replay, and every call starts a new
         # generation: whatever outlives a call (the next step's trees, a member's trees while the graph serves the
         # next member, an evaluation's running sums) must be a copy
-        keep = cudagraphs
 
         def call(*args):
             if fast is not None and self.compiled:
@@ -267,7 +266,7 @@ class Runner:
                         torch.compiler.cudagraph_mark_step_begin()
                     with per_model_rules(self.per_model, functional=True):
                         out = fast(*args)
-                    return tree_map(torch.clone, out) if keep else out
+                    return tree_map(torch.clone, out) if cudagraphs else out
                 except Exception as exc:  # noqa: BLE001 - no compiler, an unsupported operator, a backend bug...
                     self._fall_back(exc)
             with per_model_rules(self.per_model, functional=False):

@@ -12,7 +12,6 @@ except at the logging interval: losses and accuracies accumulate on the device.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -32,6 +31,7 @@ from ..core.precision import Precision
 from ..core.seeding import generator
 from ..core.hyper import Scheduled
 from ..core.step import averaged_trees, precision_of
+from ..core.tta import log_mean_exp
 
 
 @dataclass
@@ -145,7 +145,7 @@ def ensemble_sums(log_probs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tenso
     """(loss sum, correct, top-5 correct, predictions) of an ensemble on a batch: the mean of its members' softmax
     probabilities, from their log-probabilities ``log_probs`` (K, B, C); the loss is the negative log of the mean
     probability of ``y``, computed in log space (exact however small that probability)."""
-    log_mean = torch.logsumexp(log_probs.double(), dim=0) - math.log(log_probs.shape[0])
+    log_mean = log_mean_exp(log_probs.double())
     loss = -log_mean.gather(-1, y[:, None]).sum()
     top5 = log_mean.topk(min(5, log_mean.shape[-1]), dim=-1).indices
     return loss, (top5[:, 0] == y).sum(), (top5 == y[:, None]).any(dim=-1).sum(), top5[:, 0]

@@ -10,7 +10,6 @@ the plain figure beside the augmented one.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -22,13 +21,14 @@ from .backend import Backend
 from .loop import ensemble_sums, make_eval
 
 
-def log_probabilities(params: Any, state: Any, split: Split, pipe: Pipeline, backend: Backend, *, members: int = 0,
+def log_probabilities(params: Any, state: Any, split: Split, pipe: Pipeline, backend: Backend, *, members: int = 1,
                       batch_size: int = 500, tta: str = "none") -> dict[str, torch.Tensor]:
-    """``{"none": plain, tta: with views}``: (K, N, C) log-probabilities on the CPU of one model (``members=0``,
-    K = 1) or a stack of ``members`` (trees on the backend's device), in eval mode; float32 (float64 when the
-    precision is fp64)."""
-    runner = backend.runner(members or None, 0)
-    fn = make_eval(backend, runner, stacked=members > 0)
+    """``{"none": plain, tta: with views}``: (K, N, C) log-probabilities on the CPU of one model (``members`` 1,
+    K = 1) or a stack of ``members`` > 1 (trees on the backend's device), in eval mode; float32 (float64 when the
+    precision is fp64). As in training, one model's trees are unstacked."""
+    stacked = members > 1
+    runner = backend.runner(members if stacked else None, 0)
+    fn = make_eval(backend, runner, stacked=stacked)
     params = runner.params(params)
     plain, viewed = [], []
     with torch.no_grad():
@@ -56,7 +56,7 @@ def mean_log_probs(log_probs: torch.Tensor, weights: Sequence[float] | None = No
     ensemble's log-probabilities (N, C), float64."""
     k = log_probs.shape[0]
     if weights is None:
-        return torch.logsumexp(log_probs.double(), dim=0) - math.log(k)
+        return tta_views.log_mean_exp(log_probs.double())
     w = torch.as_tensor(weights, dtype=torch.float64)
     if w.shape != (k,) or not bool(torch.isfinite(w).all()) or bool((w < 0).any()) or not float(w.sum()) > 0:
         raise ValueError(f"ensemble weights must be {k} finite values >= 0 with a positive sum, got {list(weights)}")

@@ -14,10 +14,14 @@ def as_numpy(x, dtype=None) -> np.ndarray:
 
 
 def as_log_probs(log_probs) -> np.ndarray:
-    """``log_probs`` (N, C) as float64, its shape checked."""
+    """``log_probs`` (N, C) as float64, its shape checked, and that they are logs (no value above 0: probabilities,
+    whose largest in a row is at least 1 / C, are turned away)."""
     z = as_numpy(log_probs, np.float64)
     if z.ndim != 2 or z.shape[0] == 0:
         raise ValueError(f"expected log-probabilities of shape (N, C) with N > 0, got {z.shape}")
+    if np.nanmax(z) > 1e-6:
+        raise ValueError(f"expected log-probabilities (at most 0), got values up to {np.nanmax(z):.4g}: "
+                         "probabilities or logits? pass log_softmax of the logits")
     return z
 
 

@@ -107,15 +107,16 @@ def single_seed_flips(per_seed_scores, higher_is_better: bool = True) -> float:
 
 def ranking_noise(per_seed_scores, names: Sequence[str], higher_is_better: bool = True, **verdict_kw) -> dict:
     """Is the ranking by seed mean more than seed noise? The winner against the runner-up and against the median
-    configuration (the one at rank floor(K / 2) of K, best first), each as ``paired`` plus its ``verdict``; with one
-    configuration there is nothing to compare (only ``winner`` and ``order``)."""
+    configuration (the one at rank floor(K / 2) of K, best first; left out when it is the runner-up, K <= 3), each as
+    ``paired`` plus its ``verdict``; with one configuration there is nothing to compare (only ``winner`` and
+    ``order``)."""
     s = as_numpy(per_seed_scores, np.float64)
     if s.ndim != 2 or s.shape[1] != len(names):
         raise ValueError(f"expected scores of shape (seeds, {len(names)}), got {s.shape}")
     order = [int(i) for i in np.argsort(-_ranked(s.mean(axis=0), higher_is_better), kind="stable")]
     out: dict = {"winner": order[0], "order": order}
     for key, rank in (("runner_up", 1), ("median", len(order) // 2)):
-        if 0 < rank < len(order):
+        if 0 < rank < len(order) and (key == "runner_up" or rank > 1):
             res = paired(s[:, order[0]], s[:, order[rank]])
             out[key] = {"index": order[rank], **res,
                         "verdict": verdict(names[order[0]], names[order[rank]], res,
