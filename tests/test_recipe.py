@@ -182,6 +182,7 @@ def test_grid_ranks_on_a_subset_and_overfit_keeps_the_spec_optimiser():
     assert grid_data(load_config(None, ["grid.max_train=300", "dataset.max_train=200"])).dataset.max_train == 200
     o = overfit_config(cfg)
     assert o.train.optimizer.name == "adam" and o.train.optimizer.lr == 0.001 and o.dataset.max_val == 1000
+    assert cfg.train.optimizer.norm_bias_lr_mult == 3.0 and o.train.optimizer.norm_bias_lr_mult == 1.0
     assert o.train.scheduler.name == "none" and o.train.label_smoothing == 0.0
 
 

@@ -28,7 +28,8 @@ class OverfitFailed(UserError):
 
 def overfit_config(cfg: Config) -> Config:
     """The config of the check: the main config with the ``overfit`` section's values swapped in; the SPEC's check
-    whatever the training recipe is (its own optimiser, constant lr, no label smoothing: the loss must reach ~0)."""
+    whatever the training recipe is (its own optimiser with one lr for every parameter, constant lr, no label
+    smoothing: the loss must reach ~0)."""
     o, tc = cfg.overfit, cfg.train
     replace = dataclasses.replace
     return replace(
@@ -38,7 +39,8 @@ def overfit_config(cfg: Config) -> Config:
         model=replace(cfg.model, blocks=o.blocks, bottleneck_mid=o.bottleneck_mid),
         train=replace(tc, epochs=o.epochs, compile=False, label_smoothing=0.0,
                       scheduler=replace(tc.scheduler, name="none", cycle_momentum=False),
-                      optimizer=replace(tc.optimizer, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay)),
+                      optimizer=replace(tc.optimizer, name=o.optimizer, lr=o.lr, weight_decay=o.weight_decay,
+                                        norm_bias_lr_mult=1.0)),
     )
 
 
