@@ -203,7 +203,7 @@ class Ctx:
     base: list[str]  # the user's --set, plus the tiny sizes of --quick
     work: Path  # scratch folder (checkpoints of the checks)
     t0: float
-    best_rate: float | None = None  # the throughput section's fastest model-images/s, once measured
+    rate: float | None = None  # the throughput section's median model-images/s over its rows, once measured
 
     def cfg(self, *extra: str) -> Config:
         return load_config(self.args.config, [*self.base, *extra])
@@ -587,13 +587,13 @@ def timed_grid(ctx: Ctx) -> dict:
     points = grid_search.expand(cfg)
     if not a.quick:  # a grid that cannot end within the budget at the measured rate is not started
         images = len(points) * cfg.hparams.seeds * len(data.train) * cfg.grid.epochs
-        if ctx.best_rate is None:
+        if ctx.rate is None:
             return {"status": "skipped", "detail": "no throughput was measured to estimate the grid's time by"}
-        estimate = images / ctx.best_rate
+        estimate = 1.25 * images / ctx.rate  # a quarter more for validation and compiling
         if ctx.elapsed + estimate > a.budget:
             return {"status": "skipped", "detail": f"{len(points)} configurations x {cfg.hparams.seeds} seeds x "
-                    f"{len(data.train)} images would take about {estimate:.0f} s at the fastest measured rate "
-                    f"({ctx.best_rate:.0f} model-images/s), beyond the budget (--budget {a.budget:.0f}s, "
+                    f"{len(data.train)} images would take about {estimate:.0f} s at the median measured rate "
+                    f"({ctx.rate:.0f} model-images/s) plus a quarter, beyond the budget (--budget {a.budget:.0f}s, "
                     f"{ctx.elapsed:.0f}s spent)"}
     lines: list[str] = []
     t0 = time.perf_counter()
@@ -748,7 +748,7 @@ def run(args: argparse.Namespace, device: torch.device, out: Path, ctx: Ctx, arg
             report[name] = section(ctx)
             if name == "throughput":
                 rates = [r["model_images_per_sec"] for r in report[name]["rows"] if r.get("model_images_per_sec")]
-                ctx.best_rate = max(rates, default=None)
+                ctx.rate = statistics.median(rates) if rates else None
         except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others' results
             traceback.print_exc()
             report[name] = {"status": "error", "detail": _error(exc)}
