@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cifar100_func.commands import cli  # noqa: E402
 from cifar100_func.errors import ConfigError  # noqa: E402
 from cifar100_func.report.plots import plt, save_figure  # noqa: E402
+from cifar100_func.runtime.io import read_jsonl  # noqa: E402
 
 
 def read_run(spec: str) -> tuple[str, list[dict], dict | None]:
@@ -36,7 +37,7 @@ def read_run(spec: str) -> tuple[str, list[dict], dict | None]:
     path = Path(run) / "metrics.jsonl" if Path(run).is_dir() else Path(run)
     if not path.is_file():
         raise ConfigError(f"--run {label}: no metrics file at {path}")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = read_jsonl(path)
     if ev and not Path(ev).is_file():
         raise ConfigError(f"--run {label}: no evaluation file at {ev}")
     return label, records, json.loads(Path(ev).read_text()) if ev else None

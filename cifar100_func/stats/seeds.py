@@ -116,7 +116,7 @@ def ranking_noise(per_seed_scores, names: Sequence[str], higher_is_better: bool 
     order = [int(i) for i in np.argsort(-_ranked(s.mean(axis=0), higher_is_better), kind="stable")]
     out: dict = {"winner": order[0], "order": order}
     for key, rank in (("runner_up", 1), ("median", len(order) // 2)):
-        if 0 < rank < len(order) and (key == "runner_up" or rank > 1):
+        if rank < len(order) and (key == "runner_up" or rank > 1):  # the median only when not the runner-up
             res = paired(s[:, order[0]], s[:, order[rank]])
             out[key] = {"index": order[rank], **res,
                         "verdict": verdict(names[order[0]], names[order[rank]], res,
