@@ -54,11 +54,15 @@ def pool(stacks: Sequence[Stack], view: str) -> Pool:
     return Pool(names, configs, sds, torch.stack(preds) if preds else torch.zeros(0))
 
 
-def _ensemble_summary(log_probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None) -> dict:
+def _ensemble_summary(log_probs: torch.Tensor, y: torch.Tensor, weights: Sequence[float] | None = None, *,
+                      diagram: bool = True) -> dict:
     """Scores of the (weighted) mean of the members' probabilities (``log_probs`` (K, N, C)), its calibration before
-    and after a temperature fitted on these same validation images, and the reliability bins."""
+    and after a temperature fitted on these same validation images, and (with ``diagram``) the reliability
+    diagram's bins."""
     mean = mean_log_probs(log_probs, weights)
     t = fit_temperature(mean, y)
+    if not diagram:
+        return {**scores(log_probs, y, weights), "calibration": calibration(mean, y, t)}
     return {**scores(log_probs, y, weights), **calibration_and_reliability(mean, y, t)}
 
 
@@ -74,8 +78,7 @@ def configuration_ensembles(rows: list[dict], members: Pool, y: torch.Tensor) ->
         single = [scores(preds[j : j + 1], y) for j in range(len(idx))]
         row["single_val"] = {k: float(np.mean([s[k] for s in single])) for k in ("loss", "acc", "top5_acc")}
         row["single_val"]["calibration"] = calibration(preds[0], y)  # one seed's, as a model's
-        ens = _ensemble_summary(preds, y)
-        ens.pop("reliability")
+        ens = _ensemble_summary(preds, y, diagram=False)
         row["ensemble_val"] = ens
         row["ensemble_val_acc"], row["ensemble_val_loss"] = ens["acc"], ens["loss"]
         row["ensemble_gain"] = ens["acc"] - row["single_val"]["acc"]
