@@ -187,9 +187,10 @@ class EmaConfig:
     decay: Optional[Annotated[Float, within(0.0, 1.0, high_open=True)]] = None
     warmup: Bool = False  # decay min(decay, (1 + t) / (10 + t)) after t averaged steps
     # the batch-norm statistics of the averaged weights: average: an average of the running statistics alongside;
-    # recompute: recomputed on bn_images training images after training (train-mode passes, cumulative average)
+    # recompute: recomputed on the first bn_images training images (rounded down to whole batches of
+    # train.eval_batch_size) at each validation (train-mode passes, cumulative average)
     bn: Literal["average", "recompute"] = "average"
-    bn_images: Annotated[Int, within(1, 1 << 20)] = 512
+    bn_images: Annotated[Int, within(1, 1 << 20)] = 2000
 
 
 @section

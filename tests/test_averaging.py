@@ -182,3 +182,22 @@ def test_the_trees_to_validate():
         want_s = state if bn_alongside else recompute_bn(got_p, state, batches, precision="fp64")
         for a, b in zip(tree_leaves(got_s), tree_leaves(want_s)):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_batch_norm_recomputation_batches_are_whole():
+    """``update_bn`` weighs every batch alike, so the loop's batches for it are of one size: the first images,
+    rounded down to whole batches (512 images in batches of 500 once gave a 12-image batch half the weight)."""
+    from cifar100_func.data.dataset import Split
+    from cifar100_func.data.loader import bn_batches
+    from cifar100_func.runtime.from_config import pipeline
+
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (23, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(23))
+    cfg = Config()
+    pipe = pipeline(cfg, "cpu")
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1) for v in (cfg.preprocess.mean, cfg.preprocess.std))
+    by_hand = (split.x.double() / 255 - mean) / std
+    for images, batch, sizes in ((10, 4, [4, 4]), (512, 500, [23]), (3, 500, [3]), (23, 5, [5] * 4)):
+        got = list(bn_batches(split, pipe, images, batch))
+        assert [len(x) for x in got] == sizes, (images, batch)
+        torch.testing.assert_close(torch.cat(got).double(), by_hand[: sum(sizes)], rtol=0, atol=1e-5)

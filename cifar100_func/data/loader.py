@@ -79,3 +79,12 @@ def eval_batches(split: Split, pipe: Pipeline, batch_size: int) -> Iterator[tupl
     for start in range(0, len(split), batch_size):
         x = aug.to_float(split.x[start : start + batch_size])
         yield pipe.finish(x), split.y[start : start + batch_size]
+
+
+def bn_batches(split: Split, pipe: Pipeline, images: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The first ``images`` of ``split`` (rounded down to whole batches), normalised, in batches of one size:
+    ``min(batch_size, images)``. A cumulative average of batch statistics (``update_bn``) weighs every batch alike,
+    so a short last batch would count as much as a full one."""
+    size = min(batch_size, images, len(split))
+    for x, _ in eval_batches(split.head(len(split.head(images)) // size * size), pipe, size):
+        yield x

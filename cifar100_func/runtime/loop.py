@@ -25,7 +25,7 @@ from ..core import model, trees
 from .backend import Backend, Runner
 from .executor import eval_step, train_executor
 from ..data.dataset import Dataset, Split
-from ..data.loader import Pipeline, eval_batches, steps_per_epoch, train_batches
+from ..data.loader import Pipeline, bn_batches, eval_batches, steps_per_epoch, train_batches
 from ..core.optim import Optimizer
 from ..core.precision import Precision
 from ..core.seeding import generator
@@ -52,8 +52,8 @@ class Plan:
     grid: bool = False  # a stack of the grid search (grid.compile may decide its compiling)
     stacked: bool | None = None  # None: a stack (the backend's executor) when K > 1, the plain step for K = 1
     # optimisers that average the weights but not their batch-norm statistics: the training images (plain, the
-    # first of the split) the averaged weights' statistics are recomputed on
-    bn_images: int = 512
+    # first of the split, rounded down to whole batches) the averaged weights' statistics are recomputed on
+    bn_images: int = 2000
 
     @property
     def k(self) -> int:
@@ -226,7 +226,7 @@ def train(plan: Plan, data: Dataset, backend: Backend, pipe: Pipeline, *, batch_
 
     def to_validate(P: Any, S: Any, O: Any) -> tuple[Any, Any]:
         """The trees validated: the averaged weights when the optimisers average (else ``P``, ``S``)."""
-        bn = (x for x, _ in eval_batches(data.train.head(plan.bn_images), pipe, eval_batch_size))
+        bn = bn_batches(data.train, pipe, plan.bn_images, eval_batch_size)
         return averaged_trees(P, S, O, bn, stacked=stacked, precision=precision, device_type=device.type)
 
     eval_fn = make_eval(backend, runner, stacked)
