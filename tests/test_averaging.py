@@ -15,6 +15,9 @@ from cifar100_func.core import model, optim, trees
 from cifar100_func.core.step import averaged_trees, guarded, make_train_step, recompute_bn
 from cifar100_func.config import Config, load_config
 from cifar100_func.core.hyper import Hyper
+from cifar100_func.data.dataset import Split
+from cifar100_func.data.loader import bn_batches
+from cifar100_func.runtime.from_config import pipeline
 from cifar100_func.runtime import recipe
 from cifar100_func.runtime.interop import from_state_dict, to_state_dict
 
@@ -187,15 +190,12 @@ def test_the_trees_to_validate():
 def test_batch_norm_recomputation_batches_are_whole():
     """``update_bn`` weighs every batch alike, so the loop's batches for it are of one size: the first images,
     rounded down to whole batches (512 images in batches of 500 once gave a 12-image batch half the weight)."""
-    from cifar100_func.data.dataset import Split
-    from cifar100_func.data.loader import bn_batches
-    from cifar100_func.runtime.from_config import pipeline
-
     g = torch.Generator().manual_seed(0)
     split = Split(torch.randint(0, 256, (23, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(23))
     cfg = Config()
     pipe = pipeline(cfg, "cpu")
-    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1) for v in (cfg.preprocess.mean, cfg.preprocess.std))
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1)
+                 for v in (cfg.preprocess.mean, cfg.preprocess.std))
     by_hand = (split.x.double() / 255 - mean) / std
     for images, batch, sizes in ((10, 4, [4, 4]), (512, 500, [23]), (3, 500, [3]), (23, 5, [5] * 4)):
         got = list(bn_batches(split, pipe, images, batch))

@@ -85,6 +85,7 @@ def bn_batches(split: Split, pipe: Pipeline, images: int, batch_size: int) -> It
     """The first ``images`` of ``split`` (rounded down to whole batches), normalised, in batches of one size:
     ``min(batch_size, images)``. A cumulative average of batch statistics (``update_bn``) weighs every batch alike,
     so a short last batch would count as much as a full one."""
-    size = min(batch_size, images, len(split))
-    for x, _ in eval_batches(split.head(len(split.head(images)) // size * size), pipe, size):
+    n = min(images, len(split))
+    size = min(batch_size, n)
+    for x, _ in eval_batches(split.head(n // size * size), pipe, size):
         yield x
